@@ -1,0 +1,1 @@
+"""A runnable ML segmentation service that honours oilspill's ML contract, without a model."""

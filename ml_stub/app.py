@@ -1,0 +1,100 @@
+"""The stub's aiohttp application: `POST /segment` and `GET /health`, per oilspill's contract."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import BodyPartReader, web
+
+from .detector import DetectorOptions, NotAnImage, annotate, decode, detect, encode_png
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StubOptions:
+    """latency_ms: extra wait per call; mode: 'mask' (the contract) or 'annotated' (a JPEG,
+    as the original YOLO service answers); max_image_bytes: larger uploads get 413."""
+
+    latency_ms: float = 0.0
+    mode: str = "mask"
+    max_image_bytes: int = 256 * 1024 * 1024
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+
+
+OPTIONS = web.AppKey("options", StubOptions)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+async def _read_file_part(request: web.Request, limit: int) -> bytes | web.Response:
+    if request.content_type != "multipart/form-data":
+        return _error(415, "unsupported_media_type", "send multipart/form-data with part 'file'")
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            data = bytearray()
+            while chunk := await part.read_chunk(256 * 1024):
+                data += chunk
+                if len(data) > limit:
+                    return _error(413, "too_large", f"image larger than {limit} bytes")
+            return bytes(data)
+        await part.release()
+    return _error(400, "missing_file", "no part named 'file'")
+
+
+def _segment(data: bytes, options: StubOptions) -> tuple[bytes, str]:
+    image = decode(data)
+    mask = detect(image, options.detector)
+    if options.mode == "annotated":
+        return annotate(image, mask), "image/jpeg"
+    return encode_png(mask), "image/png"
+
+
+async def segment(request: web.Request) -> web.Response:
+    options = request.app[OPTIONS]
+    data = await _read_file_part(request, options.max_image_bytes)
+    if isinstance(data, web.Response):
+        return data
+    if options.latency_ms:
+        await asyncio.sleep(options.latency_ms / 1000)
+    try:
+        body, content_type = await asyncio.to_thread(_segment, data, options)
+    except NotAnImage as exc:
+        return _error(422, "not_an_image", str(exc))
+    return web.Response(body=body, content_type=content_type)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "mode": request.app[OPTIONS].mode})
+
+
+def create_app(options: StubOptions | None = None) -> web.Application:
+    app = web.Application()
+    app[OPTIONS] = options or StubOptions()
+    app.router.add_post("/segment", segment)
+    app.router.add_get("/health", health)
+    return app
+
+
+@asynccontextmanager
+async def running(host: str, port: int, options: StubOptions | None = None
+                  ) -> AsyncIterator[str]:
+    """Serve the stub in the current event loop; yields its base URL."""
+    runner = web.AppRunner(create_app(options), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        url = f"http://{host}:{bound_port}"
+        logger.info("ML stub listening on %s", url)
+        yield url
+    finally:
+        await runner.cleanup()

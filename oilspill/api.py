@@ -1,0 +1,261 @@
+"""HTTP handlers: parse the request, call the service's modules, answer JSON.
+
+Every error, expected or not, is answered as `{"error": {"code": ..., "message": ...}}`.
+Domain errors are mapped to statuses in one table here; no other module knows HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from . import keys
+from .archive import ArchiveTooLarge, NotAZip
+from .jobs import Job, ResultKind, Task
+from .paths import JobPaths, is_id, job_id_of_archive
+from .results import JobNotFinished
+from .store import NotFound
+from .uploads import IncomingUpload, NoImages, UploadTooLarge
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+# Multipart framing around the file part; a Content-Length beyond limit + this is refused
+# before a byte of the body is read.
+MULTIPART_SLACK_BYTES = 64 * 1024
+
+# Domain error -> (HTTP status, error code).
+_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    NotAZip: (400, "not_a_zip"),
+    UploadTooLarge: (413, "upload_too_large"),
+    ArchiveTooLarge: (413, "archive_too_large"),
+    NoImages: (422, "no_images"),
+    JobNotFinished: (409, "job_not_finished"),
+}
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "unprocessable", 500: "internal_error",
+                 503: "unavailable"}
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by a handler."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Render every failure in the one JSON error shape; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        return _error_response(exc.status, code, exc.reason,
+                               {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except Exception as exc:
+        for kind, (status, code) in _ERRORS.items():
+            if isinstance(exc, kind):
+                return _error_response(status, code, str(exc))
+        request_id = uuid.uuid4().hex[:12]
+        logger.exception("request %s %s %s failed", request_id, request.method, request.path)
+        return _error_response(500, "internal_error",
+                               f"internal error; quote request id {request_id} to the operator")
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
+
+
+def _valid_id(request: web.Request, name: str, what: str) -> str:
+    value = request.match_info[name]
+    if not is_id(value):
+        raise ApiError(404, "not_found", f"no {what} with id {value[:64]!r}")
+    return value
+
+
+def task_body(task: Task) -> dict[str, Any]:
+    result = None
+    if task.result_kind is not None:
+        link = f"/api/task/{task.id}/{task.result_kind.value}"
+        result = {
+            "oil_fraction": task.oil_fraction, "oil_pixels": task.oil_pixels,
+            "width": task.width, "height": task.height,
+            "mask_url": link if task.result_kind is ResultKind.MASK else None,
+            "picture_url": link if task.result_kind is ResultKind.PICTURE else None,
+        }
+    return {"task_id": task.id, "job_id": task.job_id, "filename": task.filename,
+            "status": task.status.value, "attempts": task.attempts, "result": result,
+            "error": task.error}
+
+
+def job_body(job: Job) -> dict[str, Any]:
+    p = job.progress
+    return {"job_id": job.id, "status": p.status.value, "total": p.total, "queued": p.queued,
+            "running": p.running, "done": p.done, "failed": p.failed,
+            "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
+            "upload_name": job.upload_name,
+            "skipped": [{"filename": f, "reason": r} for f, r in job.skipped],
+            "archive_url": f"/api/download/{job.archive_name}" if job.archive_name else None}
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK_BYTES):
+        yield chunk
+
+
+def _upload_name(part: BodyPartReader) -> str:
+    name = os.path.basename((part.filename or "upload.zip").replace("\\", "/"))
+    return name[:255] or "upload.zip"
+
+
+async def upload(request: web.Request) -> web.Response:
+    """POST /api/upload/: a multipart form whose part `file` is a zip of images."""
+    settings = request.app[keys.SETTINGS]
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type",
+                       "send a multipart/form-data body with the zip in the part 'file'")
+    if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_SLACK_BYTES:
+        raise UploadTooLarge(f"upload is larger than {settings.max_upload_bytes} bytes "
+                             "(OILSPILL_MAX_UPLOAD_BYTES)")
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
+    async with IncomingUpload(request.app[keys.STORE], settings) as incoming:
+        upload_name = None
+        try:
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name != "file":
+                    await part.release()
+                    continue
+                if upload_name is not None:
+                    raise ApiError(400, "too_many_files", "send exactly one part named 'file'")
+                upload_name = _upload_name(part)
+                await incoming.receive(_part_chunks(part))
+        except ValueError as exc:  # malformed multipart framing
+            raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
+        if upload_name is None:
+            raise ApiError(400, "missing_file", "the form has no part named 'file'")
+        accepted = await incoming.commit(upload_name)
+    await request.app[keys.POOL].notify()
+    return web.json_response(
+        {"job_id": accepted.job_id, "task_ids": accepted.task_ids, "status": "queued",
+         "skipped": [{"filename": f, "reason": r} for f, r in accepted.skipped]},
+        status=202, headers={"Location": f"/api/job/{accepted.job_id}"})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """GET /api/task/{task_id}"""
+    task_id = _valid_id(request, "task_id", "task")
+    try:
+        task = await request.app[keys.STORE].get_task(task_id)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no task with id {task_id}") from None
+    return web.json_response(task_body(task))
+
+
+async def get_task_file(request: web.Request) -> web.FileResponse:
+    """GET /api/task/{task_id}/mask or /picture: the stored answer of a done task."""
+    task_id = _valid_id(request, "task_id", "task")
+    kind = ResultKind(request.match_info["kind"])
+    try:
+        task = await request.app[keys.STORE].get_task(task_id)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no task with id {task_id}") from None
+    if task.result_kind is not kind or task.result_name is None:
+        raise ApiError(404, "not_found", f"task {task_id} has no {kind.value}")
+    path = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id).result(
+        kind, task.result_name)
+    if not await asyncio.to_thread(path.is_file):
+        raise ApiError(404, "not_found", f"task {task_id} has no {kind.value}")
+    return web.FileResponse(path)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /api/job/{job_id}: progress counts."""
+    job_id = _valid_id(request, "job_id", "job")
+    try:
+        job = await request.app[keys.STORE].get_job(job_id)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no job with id {job_id}") from None
+    return web.json_response(job_body(job))
+
+
+async def get_archive(request: web.Request) -> web.Response:
+    """GET /api/archive/{job_id}: build (once) the finished job's result zip; link to it."""
+    job_id = _valid_id(request, "job_id", "job")
+    try:
+        name = await request.app[keys.ARCHIVES].ensure(job_id)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no job with id {job_id}") from None
+    except JobNotFinished:
+        raise ApiError(409, "job_not_finished",
+                       f"job {job_id} is still running; ask again when it is finished") from None
+    return web.json_response({"archive_url": f"/api/download/{name}"})
+
+
+async def download(request: web.Request) -> web.FileResponse:
+    """GET /api/download/{filename}: a result zip, by a name the server made."""
+    name = request.match_info["filename"]
+    job_id = job_id_of_archive(name)
+    missing = ApiError(404, "not_found", "no such result archive")
+    if job_id is None:
+        raise missing
+    try:
+        job = await request.app[keys.STORE].get_job(job_id)
+    except NotFound:
+        raise missing from None
+    if job.archive_name != name:
+        raise missing
+    path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).archive
+    if not await asyncio.to_thread(path.is_file):
+        raise missing
+    return web.FileResponse(path, headers={
+        "Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz: 200 when the database answers."""
+    try:
+        await request.app[keys.STORE].ping()
+    except Exception as exc:
+        logger.error("health check: database unreachable: %s", exc)
+        raise ApiError(503, "database_unavailable", "the database does not answer") from None
+    return web.json_response({"status": "ok", "database": "ok",
+                              "ml_service_url": request.app[keys.ML_CLIENT].base_url})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/api/upload/", upload)
+    app.router.add_post("/api/upload", upload)
+    app.router.add_get("/api/task/{task_id}", get_task)
+    app.router.add_get("/api/task/{task_id}/{kind:mask|picture}", get_task_file)
+    app.router.add_get("/api/job/{job_id}", get_job)
+    app.router.add_get("/api/archive/{job_id}", get_archive)
+    app.router.add_get("/api/download/{filename}", download)
+    app.router.add_get("/healthz", healthz)

@@ -1,0 +1,74 @@
+"""Entry points: `oilspill serve`, `oilspill demo`, `oilspill settings`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .app import create_app
+from .config import ConfigError, Settings, from_env, settings_table
+
+logger = logging.getLogger("oilspill")
+
+
+def _bundled_stub(settings: Settings):  # type: ignore[no-untyped-def]
+    """A cleanup_ctx running the bundled ML stub where ML_SERVICE_URL points by default."""
+    from ml_stub.app import running
+
+    url = urlsplit(settings.ml_service_url)
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        async with running("127.0.0.1", url.port or 8002):
+            yield
+
+    return ctx
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    if settings.bundled_ml_stub:
+        # First in, last out: the stub is up before the worker pool calls it.
+        app.cleanup_ctx.insert(0, _bundled_stub(settings))
+    ml = settings.ml_service_url + (" (bundled ML stub)" if settings.bundled_ml_stub else "")
+    web.run_app(
+        app, host=settings.host, port=settings.port, access_log=None,
+        print=lambda _: logger.info("oilspill listening on http://%s:%d, ML service %s",
+                                    settings.host, settings.port, ml))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="oilspill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the API (settings from the environment)")
+    demo = sub.add_parser("demo", help="run one job end to end on generated sea scenes")
+    demo.add_argument("--out", type=Path, default=Path("oilspill-demo"),
+                      help="folder for the demo's zip, data and results (default ./oilspill-demo)")
+    demo.add_argument("--images", type=int, default=6, help="how many scenes (default 6)")
+    sub.add_parser("settings", help="print every setting as a Markdown table")
+    args = parser.parse_args(argv)
+
+    if args.command == "settings":
+        print(settings_table())
+        return
+    try:
+        settings = from_env(os.environ)
+    except ConfigError as exc:
+        print(f"oilspill: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        serve(settings)
+    elif args.command == "demo":
+        from .demo import run_demo
+
+        logging.getLogger().setLevel(logging.WARNING)
+        asyncio.run(run_demo(args.out, args.images, settings))

@@ -1,0 +1,157 @@
+"""Settings: every knob of the service, read once from the environment into a frozen dataclass.
+
+Each setting is declared once, with its variable name, default, bounds and help text; the
+README table is generated from these declarations (`oilspill settings`). No other module
+reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+DEFAULT_ML_SERVICE_URL = "http://localhost:8002"
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable."""
+
+
+def _setting(env: str, default: Any, help: str, lo: float | None = None,
+             hi: float | None = None) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Sizes are bytes, durations seconds."""
+
+    host: str = _setting("OILSPILL_HOST", "127.0.0.1", "Address the API listens on.")
+    port: int = _setting("OILSPILL_PORT", 8000, "Port the API listens on.", 0, 65535)
+    data_dir: Path = _setting(
+        "OILSPILL_DATA_DIR", Path("./data"),
+        "Folder for the database and every job's files; nothing is written elsewhere.")
+    ml_service_url: str = _setting(
+        "ML_SERVICE_URL", DEFAULT_ML_SERVICE_URL,
+        "Base URL of the ML segmentation service. When unset, `oilspill serve` also runs "
+        "the bundled ML stub on 127.0.0.1:8002.")
+    concurrency: int = _setting(
+        "OILSPILL_CONCURRENCY", 4, "Calls to the ML service in flight at once.", 1, 1024)
+    max_upload_bytes: int = _setting(
+        "OILSPILL_MAX_UPLOAD_BYTES", 1 * GIB,
+        "Largest accepted upload (the zip as sent); larger gets 413.", 1)
+    ml_timeout_s: float = _setting(
+        "OILSPILL_ML_TIMEOUT_S", 60.0, "Total time allowed for one call to the ML service.",
+        0.01, 86400)
+    ml_connect_timeout_s: float = _setting(
+        "OILSPILL_ML_CONNECT_TIMEOUT_S", 10.0,
+        "Time allowed to connect to the ML service.", 0.01, 3600)
+    max_ml_response_bytes: int = _setting(
+        "OILSPILL_MAX_ML_RESPONSE_BYTES", 256 * MIB,
+        "Largest answer accepted from the ML service for one image.", 1)
+    max_zip_entries: int = _setting(
+        "OILSPILL_MAX_ZIP_ENTRIES", 10_000, "Most entries an uploaded zip may have.", 1)
+    max_unpacked_bytes: int = _setting(
+        "OILSPILL_MAX_UNPACKED_BYTES", 8 * GIB,
+        "Most bytes an upload may unpack to, counted as they are decompressed.", 1)
+    max_compression_ratio: float = _setting(
+        "OILSPILL_MAX_COMPRESSION_RATIO", 200.0,
+        "Highest uncompressed:compressed ratio of one zip entry.", 1)
+    log_level: str = _setting(
+        "OILSPILL_LOG_LEVEL", "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
+    bundled_ml_stub: bool = field(default=False, metadata={"env": None})
+    """Derived: `oilspill serve` starts the bundled stub (ML_SERVICE_URL was not set)."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "oilspill.sqlite3"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    def with_changes(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (for tests and the demo)."""
+        return replace(self, **changes)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"k": KIB, "m": MIB, "g": GIB, "t": 1024 * GIB}
+_LOG_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR"}
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    if kind in ("int", int):
+        match = _SIZE.match(raw)
+        if not match:
+            raise ConfigError(f"{name}={raw!r}: expected a whole number (sizes may end in K, M, G)")
+        unit = match.group(2)
+        return int(match.group(1)) * (_UNITS[unit[0].lower()] if unit else 1)
+    if kind in ("float", float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if kind in ("Path", Path):
+        if not raw.strip():
+            raise ConfigError(f"{name} is empty: expected a folder path")
+        return Path(raw)
+    return raw.strip()
+
+
+def _check(name: str, value: Any, lo: float | None, hi: float | None) -> None:
+    if lo is not None and value < lo:
+        raise ConfigError(f"{name}={value}: must be at least {lo:g}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name}={value}: must be at most {hi:g}")
+
+
+def from_env(env: Mapping[str, str]) -> Settings:
+    """Parse and range-check every setting; raise ConfigError naming the first bad variable."""
+    known = {f.metadata["env"] for f in fields(Settings) if f.metadata.get("env")}
+    unknown = sorted(k for k in env if k.startswith("OILSPILL_") and k not in known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (see `oilspill settings`)")
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        name = f.metadata.get("env")
+        if not name or name not in env:
+            continue
+        value = _parse(name, f.type, env[name])
+        _check(name, value, f.metadata["lo"], f.metadata["hi"])
+        values[f.name] = value
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].upper()
+        if values["log_level"] not in _LOG_LEVELS:
+            raise ConfigError(f"OILSPILL_LOG_LEVEL={env['OILSPILL_LOG_LEVEL']!r}: "
+                              f"expected one of {', '.join(sorted(_LOG_LEVELS))}")
+    if "ml_service_url" in values:
+        url = values["ml_service_url"].rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ConfigError(f"ML_SERVICE_URL={env['ML_SERVICE_URL']!r}: expected http(s)://host[:port]")
+        values["ml_service_url"] = url
+    values["bundled_ml_stub"] = "ML_SERVICE_URL" not in env
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table, for the README."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        name = f.metadata.get("env")
+        if name:
+            default = f.default
+            if isinstance(default, int) and default >= MIB and default % MIB == 0:
+                shown = f"{default} ({default // MIB} MiB)" if default < GIB else (
+                    f"{default} ({default // GIB} GiB)")
+            else:
+                shown = str(default)
+            rows.append(f"| `{name}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,136 @@
+"""Jobs and tasks: the records the store keeps, their statuses, and what they answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.DONE, TaskStatus.FAILED)
+
+
+class JobStatus(StrEnum):
+    """A job's status, derived from its tasks' counts.
+
+    queued: no task has started; running: some task is not finished; done: every task is
+    finished and at least one is done; failed: every task failed.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ResultKind(StrEnum):
+    """What the ML service answered for a done task."""
+
+    MASK = "mask"  # a one-channel 0/255 mask of the input's size: statistics are computed
+    PICTURE = "picture"  # any other image (the original YOLO service's annotated JPEG)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image of a job.
+
+    filename: the image's path inside the uploaded zip, as the user named it.
+    stored_name: the file's safe name under the job's `images/` folder.
+    attempts: how many times a worker has claimed it (0 while never run).
+    result_name: the file under the job's `masks/` or `results/` folder, once done.
+    oil_pixels / oil_fraction: None unless result_kind is MASK.
+    """
+
+    id: str
+    job_id: str
+    seq: int
+    filename: str
+    stored_name: str
+    content_type: str
+    status: TaskStatus
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    width: int | None
+    height: int | None
+    result_kind: ResultKind | None
+    result_name: str | None
+    oil_pixels: int | None
+    oil_fraction: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a job's tasks have come."""
+
+    total: int
+    queued: int
+    running: int
+    done: int
+    failed: int
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.failed == self.total
+
+    @property
+    def status(self) -> JobStatus:
+        if self.finished:
+            return JobStatus.DONE if self.done else JobStatus.FAILED
+        if self.queued == self.total:
+            return JobStatus.QUEUED
+        return JobStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class Job:
+    """An uploaded zip and its tasks.
+
+    upload_name: the zip's file name as the client sent it.
+    finished_at: set in the same transaction that finishes its last task; None before.
+    archive_name: the result zip's file name once built (served by /api/download/).
+    skipped: entries of the zip that were not images, as (filename, reason) pairs.
+    """
+
+    id: str
+    upload_name: str
+    created_at: float
+    finished_at: float | None
+    archive_name: str | None
+    skipped: tuple[tuple[str, str], ...]
+    progress: Progress
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to create with its job: see Task for the fields."""
+
+    id: str
+    filename: str
+    stored_name: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What a worker records when a task is done."""
+
+    width: int
+    height: int
+    result_kind: ResultKind
+    result_name: str
+    oil_pixels: int | None = None
+    oil_fraction: float | None = None

@@ -1,0 +1,135 @@
+"""All outgoing HTTP: the ML segmentation service's contract.
+
+`POST {url}/segment` with one multipart part `file` (the image, streamed from disk) answers
+200 with the mask (or, for the original YOLO service, an annotated picture); 4xx rejects the
+image; 429, 5xx and connection trouble are the service's own and worth retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import aiofiles
+import aiohttp
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 1024
+ERROR_TEXT_BYTES = 2048
+
+
+class MLError(Exception):
+    """The ML service did not give a usable answer."""
+
+
+class MLRejected(MLError):
+    """The service refused this image (a 4xx other than 429): retrying will not help."""
+
+
+class MLUnavailable(MLError):
+    """The service's own trouble (429, 5xx, timeout, connection): worth retrying later."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_text(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500] or "no message"
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])[:500]
+        if "detail" in data:  # FastAPI's shape
+            return str(data["detail"])[:500]
+    return text[:500]
+
+
+class MLClient:
+    """Calls one ML service through a shared aiohttp session."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_s: float,
+                 connect_timeout_s: float, max_response_bytes: int) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._max_response_bytes = max_response_bytes
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def segment(self, image: Path, filename: str, content_type: str, dest: Path) -> None:
+        """Send one image and write the service's 200 answer to `dest` (flushed to disk).
+
+        Raises MLRejected or MLUnavailable; `dest` may be left partial on error.
+        """
+        fh = await asyncio.to_thread(open, image, "rb")
+        try:
+            form = aiohttp.FormData()
+            # aiohttp streams a file object in chunks, reading it in its executor.
+            form.add_field("file", fh, filename=os.path.basename(filename) or "image",
+                           content_type=content_type)
+            async with self._session.post(f"{self._base_url}/segment", data=form,
+                                          timeout=self._timeout) as resp:
+                if resp.status != 200:
+                    body = await resp.content.read(ERROR_TEXT_BYTES)
+                    message = f"ML service answered {resp.status}: {_error_text(body)}"
+                    if resp.status == 429 or resp.status >= 500:
+                        raise MLUnavailable(
+                            message, parse_retry_after(resp.headers.get("Retry-After")))
+                    raise MLRejected(message)
+                await self._save(resp, dest)
+        except TimeoutError:
+            raise MLUnavailable(f"ML service timed out after {self._timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise MLUnavailable(
+                f"ML service unreachable: {exc.__class__.__name__}: {exc}") from None
+        finally:
+            await asyncio.to_thread(fh.close)
+
+    async def _save(self, resp: aiohttp.ClientResponse, dest: Path) -> None:
+        received = 0
+        async with aiofiles.open(dest, "wb") as out:
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                received += len(chunk)
+                if received > self._max_response_bytes:
+                    raise MLRejected(
+                        f"ML service's answer is larger than {self._max_response_bytes} bytes "
+                        "(OILSPILL_MAX_ML_RESPONSE_BYTES)")
+                await out.write(chunk)
+            await out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+
+    async def healthy(self) -> bool:
+        """True when `GET {url}/health` answers 200."""
+        try:
+            async with self._session.get(f"{self._base_url}/health",
+                                         timeout=self._timeout) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False

@@ -1,0 +1,82 @@
+"""Where a job's files live: one folder per job under the data directory, nothing elsewhere."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jobs import ResultKind
+
+ARCHIVE_PREFIX = "oilspill-results-"
+_ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
+                           r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
+
+
+def new_id() -> str:
+    """A random UUID4 string, for jobs and tasks."""
+    return str(uuid.uuid4())
+
+
+def is_id(value: str) -> bool:
+    """True when value is a UUID in the canonical lower-case form this service hands out."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def archive_name(job_id: str) -> str:
+    return f"{ARCHIVE_PREFIX}{job_id}.zip"
+
+
+def job_id_of_archive(name: str) -> str | None:
+    """The job id inside a result zip's name, or None if the server never makes that name."""
+    match = _ARCHIVE_NAME.match(name)
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """The files of one job, all under `<jobs_dir>/<job_id>/`."""
+
+    jobs_dir: Path
+    job_id: str
+
+    @property
+    def root(self) -> Path:
+        return self.jobs_dir / self.job_id
+
+    @property
+    def upload(self) -> Path:
+        return self.root / "upload.zip"
+
+    @property
+    def upload_part(self) -> Path:
+        """The upload while it is still arriving."""
+        return self.root / "upload.zip.part"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def masks(self) -> Path:
+        return self.root / "masks"
+
+    @property
+    def results(self) -> Path:
+        """Pictures from an ML service that answers with images that are not masks."""
+        return self.root / "results"
+
+    @property
+    def archive(self) -> Path:
+        return self.root / archive_name(self.job_id)
+
+    def image(self, stored_name: str) -> Path:
+        return self.images / stored_name
+
+    def result(self, kind: ResultKind, result_name: str) -> Path:
+        """A done task's stored answer: a mask, or another picture the ML service sent."""
+        return (self.masks if kind is ResultKind.MASK else self.results) / result_name

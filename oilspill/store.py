@@ -1,0 +1,312 @@
+"""All SQL: jobs and tasks in one SQLite file, through aiosqlite.
+
+Writes go through one connection behind an asyncio.Lock, each in `BEGIN IMMEDIATE`: a
+deferred transaction that later needs to write can fail at once with SQLITE_BUSY whatever
+the busy timeout, while IMMEDIATE takes the write lock up front and waits politely. Reads
+use a second connection; WAL mode lets them run beside a write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .jobs import Job, NewTask, Progress, ResultKind, Task, TaskOutcome, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+
+# Each entry moves the schema one version up; never edit one that has shipped, append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        upload_name  TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        finished_at  REAL,
+        archive_name TEXT,
+        skipped      TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE tasks (
+        id           TEXT PRIMARY KEY,
+        job_id       TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        seq          INTEGER NOT NULL,
+        filename     TEXT NOT NULL,
+        stored_name  TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL,
+        width        INTEGER,
+        height       INTEGER,
+        result_kind  TEXT,
+        result_name  TEXT,
+        oil_pixels   INTEGER,
+        oil_fraction REAL,
+        error        TEXT
+    );
+    -- The claim looks up the oldest queued task; the rowid rides along in the index.
+    CREATE INDEX tasks_by_status ON tasks(status);
+    CREATE INDEX tasks_by_job ON tasks(job_id, status);
+    """,
+)
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class NotFound(StoreError):
+    """No row with that id."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer oilspill than this one."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _task(row: aiosqlite.Row) -> Task:
+    return Task(
+        id=row["id"], job_id=row["job_id"], seq=row["seq"], filename=row["filename"],
+        stored_name=row["stored_name"], content_type=row["content_type"],
+        status=TaskStatus(row["status"]), attempts=row["attempts"],
+        created_at=row["created_at"], started_at=row["started_at"],
+        finished_at=row["finished_at"], width=row["width"], height=row["height"],
+        result_kind=ResultKind(row["result_kind"]) if row["result_kind"] else None,
+        result_name=row["result_name"], oil_pixels=row["oil_pixels"],
+        oil_fraction=row["oil_fraction"], error=row["error"],
+    )
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, sqlite3 adds nothing implicit.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    db.row_factory = aiosqlite.Row
+    await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await db.execute("PRAGMA foreign_keys = ON")
+    # FULL: a task marked done survives a power cut, not only a process crash.
+    await db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+class Store:
+    """The job database. Open with `await Store.open(path)`, close with `await close()`."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating if needed) the database and bring its schema up to date."""
+        writer = await _connect(path)
+        try:
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await _migrate(writer)
+            reader = await _connect(path)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(writer, reader)
+
+    async def close(self) -> None:
+        await self._reader.close()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; rolled back on any exception, cancellation included."""
+        async with self._write_lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a query."""
+        async with self._reader.execute("SELECT 1") as cur:
+            await cur.fetchone()
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def create_job(self, job_id: str, upload_name: str, tasks: Sequence[NewTask],
+                         skipped: Iterable[tuple[str, str]] = ()) -> None:
+        """Record a job and all its tasks (queued) atomically: all of them or nothing."""
+        now = _now()
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO jobs (id, upload_name, created_at, skipped)"
+                " VALUES (:id, :name, :now, :skipped)",
+                {"id": job_id, "name": upload_name, "now": now,
+                 "skipped": json.dumps([list(s) for s in skipped])},
+            )
+            await db.executemany(
+                "INSERT INTO tasks (id, job_id, seq, filename, stored_name, content_type,"
+                " status, created_at) VALUES (:id, :job_id, :seq, :filename, :stored_name,"
+                " :content_type, 'queued', :now)",
+                [{"id": t.id, "job_id": job_id, "seq": seq, "filename": t.filename,
+                  "stored_name": t.stored_name, "content_type": t.content_type, "now": now}
+                 for seq, t in enumerate(tasks)],
+            )
+
+    async def get_job(self, job_id: str) -> Job:
+        """The job with its progress counts; NotFound if there is none."""
+        async with self._reader.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(job_id)
+        counts = dict.fromkeys(TaskStatus, 0)
+        async with self._reader.execute(
+            "SELECT status, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY status", (job_id,)
+        ) as cur:
+            async for status, count in cur:
+                counts[TaskStatus(status)] = count
+        progress = Progress(
+            total=sum(counts.values()), queued=counts[TaskStatus.QUEUED],
+            running=counts[TaskStatus.RUNNING], done=counts[TaskStatus.DONE],
+            failed=counts[TaskStatus.FAILED],
+        )
+        return Job(
+            id=row["id"], upload_name=row["upload_name"], created_at=row["created_at"],
+            finished_at=row["finished_at"], archive_name=row["archive_name"],
+            skipped=tuple((s[0], s[1]) for s in json.loads(row["skipped"])),
+            progress=progress,
+        )
+
+    async def list_tasks(self, job_id: str) -> list[Task]:
+        """The job's tasks in upload order."""
+        async with self._reader.execute(
+            "SELECT * FROM tasks WHERE job_id = ? ORDER BY seq", (job_id,)
+        ) as cur:
+            return [_task(row) for row in await cur.fetchall()]
+
+    async def set_job_archive(self, job_id: str, archive_name: str) -> None:
+        """Record the built result zip's name."""
+        async with self._transaction() as db:
+            await db.execute("UPDATE jobs SET archive_name = ? WHERE id = ?",
+                             (archive_name, job_id))
+
+    # --- tasks ----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task:
+        """The task; NotFound if there is none."""
+        async with self._reader.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(task_id)
+        return _task(row)
+
+    async def claim_next_task(self) -> Task | None:
+        """Atomically move the oldest queued task to running and return it; None if none.
+
+        One status-guarded UPDATE … RETURNING: two claimers, even on two connections, never
+        get the same task.
+        """
+        async with self._transaction() as db:
+            async with db.execute(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+                " started_at = :now"
+                " WHERE rowid = (SELECT rowid FROM tasks WHERE status = 'queued'"
+                "                ORDER BY rowid LIMIT 1)"
+                " AND status = 'queued' RETURNING *",
+                {"now": _now()},
+            ) as cur:
+                row = await cur.fetchone()
+        return _task(row) if row else None
+
+    async def mark_task_done(self, task_id: str, outcome: TaskOutcome) -> None:
+        """Record a running task's result; finishes its job if it was the last one."""
+        await self._finish_task(task_id, TaskStatus.DONE, {
+            "width": outcome.width, "height": outcome.height,
+            "result_kind": outcome.result_kind.value, "result_name": outcome.result_name,
+            "oil_pixels": outcome.oil_pixels, "oil_fraction": outcome.oil_fraction,
+            "error": None,
+        })
+
+    async def mark_task_failed(self, task_id: str, error: str,
+                               width: int | None = None, height: int | None = None) -> None:
+        """Record why a running task failed; finishes its job if it was the last one."""
+        await self._finish_task(task_id, TaskStatus.FAILED, {
+            "width": width, "height": height, "result_kind": None, "result_name": None,
+            "oil_pixels": None, "oil_fraction": None, "error": error,
+        })
+
+    async def _finish_task(self, task_id: str, status: TaskStatus, values: dict[str, Any]) -> None:
+        params = {**values, "id": task_id, "status": status.value, "now": _now()}
+        async with self._transaction() as db:
+            async with db.execute(
+                "UPDATE tasks SET status = :status, finished_at = :now, width = :width,"
+                " height = :height, result_kind = :result_kind, result_name = :result_name,"
+                " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction, error = :error"
+                " WHERE id = :id AND status = 'running' RETURNING job_id",
+                params,
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no running task {task_id}")
+            await db.execute(
+                "UPDATE jobs SET finished_at = :now WHERE id = :job_id AND finished_at IS NULL"
+                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = :job_id"
+                "                 AND status IN ('queued', 'running'))",
+                {"job_id": row["job_id"], "now": params["now"]},
+            )
+
+    async def requeue_running(self) -> int:
+        """Put every `running` task back to `queued` (their claimer is gone); return how many."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE tasks SET status = 'queued', started_at = NULL WHERE status = 'running'")
+            return cur.rowcount
+
+    async def count_queued(self) -> int:
+        async with self._reader.execute(
+            "SELECT COUNT(*) FROM tasks WHERE status = 'queued'"
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        if current > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this oilspill "
+                f"(knows up to {len(MIGRATIONS)}); upgrade oilspill")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in _statements(MIGRATIONS[version - 1]):
+                await db.execute(statement)
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            logger.info("database schema migrated to version %d", version)
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (migrations hold no ';' inside literals)."""
+    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,118 @@
+"""Accepting an upload: stream it to disk, unpack it off the loop, record the job and tasks.
+
+A rejected upload leaves nothing behind: its folder is removed and no row is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiofiles
+
+from .archive import Unpacked, UnpackLimits, unpack_images
+from .config import Settings
+from .jobs import NewTask
+from .paths import JobPaths, new_id
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class UploadError(Exception):
+    """The upload cannot become a job."""
+
+
+class UploadTooLarge(UploadError):
+    pass
+
+
+class NoImages(UploadError):
+    """The zip holds no image; `skipped` says what was there instead."""
+
+    def __init__(self, skipped: list[tuple[str, str]]) -> None:
+        shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:10])
+        more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        super().__init__(f"the zip holds no usable image; skipped: {shown or 'nothing'}{more}")
+        self.skipped = skipped
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    task_ids: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def _unpack(paths: JobPaths, settings: Settings) -> Unpacked:
+    unpacked = unpack_images(paths.upload, paths.images, UnpackLimits(
+        max_entries=settings.max_zip_entries,
+        max_unpacked_bytes=settings.max_unpacked_bytes,
+        max_compression_ratio=settings.max_compression_ratio,
+    ))
+    paths.masks.mkdir(exist_ok=True)
+    return unpacked
+
+
+class IncomingUpload:
+    """One upload on its way to becoming a job; use as `async with`.
+
+    `receive()` streams the zip to disk, `commit()` unpacks it and records the job. Leaving
+    the block without a commit (an error, a client that went away) removes everything.
+    """
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self.job_id = new_id()
+        self._paths = JobPaths(settings.jobs_dir, self.job_id)
+        self._committed = False
+
+    async def __aenter__(self) -> IncomingUpload:
+        await asyncio.to_thread(self._paths.root.mkdir, parents=True)
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None,
+                        tb: object) -> None:
+        if not self._committed:
+            # Shielded: a cancelled request (client gone) must still clean up.
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._paths.root, True))
+            logger.info("job %s: upload rejected (%s)", self.job_id,
+                        exc_type.__name__ if isinstance(exc_type, type) else "not committed")
+
+    async def receive(self, chunks: AsyncIterator[bytes]) -> int:
+        """Write the zip to disk as it arrives; raise UploadTooLarge past the limit."""
+        limit = self._settings.max_upload_bytes
+        received = 0
+        async with aiofiles.open(self._paths.upload_part, "wb") as out:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > limit:
+                    raise UploadTooLarge(
+                        f"upload is larger than {limit} bytes (OILSPILL_MAX_UPLOAD_BYTES)")
+                await out.write(chunk)
+            await out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        await asyncio.to_thread(os.replace, self._paths.upload_part, self._paths.upload)
+        logger.info("job %s: received %d bytes", self.job_id, received)
+        return received
+
+    async def commit(self, upload_name: str) -> Accepted:
+        """Unpack the received zip and record the job with one queued task per image.
+
+        Raises NoImages or archive.ArchiveError.
+        """
+        unpacked = await asyncio.to_thread(_unpack, self._paths, self._settings)
+        if not unpacked.images:
+            raise NoImages(unpacked.skipped)
+        tasks = [NewTask(id=new_id(), filename=img.filename, stored_name=img.stored_name,
+                         content_type=img.content_type) for img in unpacked.images]
+        await self._store.create_job(self.job_id, upload_name, tasks, unpacked.skipped)
+        self._committed = True
+        logger.info("job %s: queued %d tasks from %s, skipped %d entries", self.job_id,
+                    len(tasks), upload_name, len(unpacked.skipped))
+        return Accepted(self.job_id, [t.id for t in tasks], unpacked.skipped)

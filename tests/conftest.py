@@ -1,0 +1,93 @@
+"""Fixtures: a real ML stub and the real oilspill app, each on a free loopback port, with a
+real SQLite file in a temporary data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import zipfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from ml_stub.app import StubOptions
+from ml_stub.app import create_app as create_stub
+from ml_stub.scenes import make_scene, png_bytes
+from oilspill.app import create_app
+from oilspill.config import Settings
+
+
+def scene_png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
+    return png_bytes(make_scene(width, height, seed)[0])
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+def form(data: bytes, filename: str = "images.zip", field: str = "file") -> aiohttp.FormData:
+    fd = aiohttp.FormData()
+    fd.add_field(field, data, filename=filename, content_type="application/zip")
+    return fd
+
+
+async def upload(client: TestClient, data: bytes, filename: str = "images.zip"
+                 ) -> tuple[int, dict[str, Any]]:
+    resp = await client.post("/api/upload/", data=form(data, filename))
+    return resp.status, await resp.json()
+
+
+async def wait_finished(client: TestClient, job_id: str, timeout_s: float = 30.0
+                        ) -> dict[str, Any]:
+    """Poll the job until it is finished (a condition, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resp = await client.get(f"/api/job/{job_id}")
+        assert resp.status == 200
+        job = await resp.json()
+        if job["finished_at"] is not None:
+            return job
+        assert time.monotonic() < deadline, f"job not finished in {timeout_s} s: {job}"
+        await asyncio.sleep(0.02)
+
+
+StubFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_stub(aiohttp_server: Any) -> StubFactory:
+    """Start a real ML stub on a free loopback port; returns its base URL."""
+    async def start(**options: Any) -> str:
+        server = await aiohttp_server(create_stub(StubOptions(**options)))
+        return str(server.make_url("")).rstrip("/")
+    return start
+
+
+@pytest.fixture
+async def ml_url(start_stub: StubFactory) -> str:
+    return await start_stub()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(data_dir: Path, ml_url: str) -> Settings:
+    return Settings(data_dir=data_dir, ml_service_url=ml_url, concurrency=4,
+                    max_upload_bytes=8 * 1024 * 1024)
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
+    return await aiohttp_client(create_app(settings))
