@@ -87,7 +87,7 @@ def create_app(options: StubOptions | None = None) -> web.Application:
 async def running(host: str, port: int, options: StubOptions | None = None
                   ) -> AsyncIterator[str]:
     """Serve the stub in the current event loop; yields its base URL."""
-    runner = web.AppRunner(create_app(options), access_log=None)
+    runner = web.AppRunner(create_app(options), access_log=None, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

@@ -27,4 +27,5 @@ def main(argv: list[str] | None = None) -> None:
     options = StubOptions(latency_ms=args.latency_ms, mode=args.mode,
                           detector=DetectorOptions(k=args.k))
     web.run_app(create_app(options), host=args.host, port=args.port, access_log=None,
+                handler_cancellation=True,
                 print=lambda msg: logging.getLogger("ml_stub").info(msg.strip()))

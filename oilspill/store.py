@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -132,13 +133,21 @@ class Store:
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction; rolled back on any exception, cancellation included."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                # aiosqlite runs statements in order on its own thread: even when we were
+                # cancelled while BEGIN was queued, it will have run before this ROLLBACK.
+                await asyncio.shield(self._rollback())
                 raise
             await self._writer.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            pass  # BEGIN itself failed: there is nothing to roll back
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a query."""
