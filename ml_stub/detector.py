@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image, ImageFilter, ImageStat
 
@@ -26,7 +27,7 @@ def to_intensity(image: Image.Image) -> Image.Image:
     """One 8-bit band: RGB to luminance, 16-bit and float stretched to 0..255."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         image = image.convert("F")
-        low, high = image.getextrema()
+        low, high = cast(tuple[float, float], image.getextrema())
         scale = 255.0 / (high - low) if high > low else 0.0
         return image.point(lambda v: (v - low) * scale).convert("L")
     return image.convert("L")
