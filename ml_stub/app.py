@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,16 +18,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StubOptions:
-    """latency_ms: extra wait per call; mode: 'mask' (the contract) or 'annotated' (a JPEG,
-    as the original YOLO service answers); max_image_bytes: larger uploads get 413."""
+    """How the stub behaves.
+
+    latency_ms: extra wait per call. mode: 'mask' (the contract) or 'annotated' (a JPEG, as
+    the original YOLO service answers). max_image_bytes: larger uploads get 413.
+    Fault injection, each a probability per call, all 0 by default: fail_rate answers 503,
+    hang_rate never answers, drop_rate closes the connection without an answer. seed makes
+    the faults repeatable.
+    """
 
     latency_ms: float = 0.0
     mode: str = "mask"
     max_image_bytes: int = 256 * 1024 * 1024
+    fail_rate: float = 0.0
+    hang_rate: float = 0.0
+    drop_rate: float = 0.0
+    seed: int | None = None
     detector: DetectorOptions = field(default_factory=DetectorOptions)
 
 
 OPTIONS = web.AppKey("options", StubOptions)
+RNG = web.AppKey("rng", random.Random)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -64,11 +76,30 @@ async def segment(request: web.Request) -> web.Response:
         return data
     if options.latency_ms:
         await asyncio.sleep(options.latency_ms / 1000)
+    fault = _draw_fault(request.app[RNG], options)
+    if fault == "fail":
+        return _error(503, "injected_failure", "injected failure (--fail-rate)")
+    if fault == "hang":
+        await asyncio.Event().wait()  # until the client gives up and the handler is cancelled
+    if fault == "drop":
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError  # nothing is answered on a closed connection
     try:
         body, content_type = await asyncio.to_thread(_segment, data, options)
     except NotAnImage as exc:
         return _error(422, "not_an_image", str(exc))
     return web.Response(body=body, content_type=content_type)
+
+
+def _draw_fault(rng: random.Random, options: StubOptions) -> str | None:
+    draw = rng.random()
+    for name, rate in (("fail", options.fail_rate), ("hang", options.hang_rate),
+                       ("drop", options.drop_rate)):
+        if draw < rate:
+            return name
+        draw -= rate
+    return None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -77,7 +108,8 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(options: StubOptions | None = None) -> web.Application:
     app = web.Application()
-    app[OPTIONS] = options or StubOptions()
+    app[OPTIONS] = options = options or StubOptions()
+    app[RNG] = random.Random(options.seed)
     app.router.add_post("/segment", segment)
     app.router.add_get("/health", health)
     return app

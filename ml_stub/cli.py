@@ -11,6 +11,13 @@ from .app import StubOptions, create_app
 from .detector import DetectorOptions
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a probability between 0 and 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="oilspill-ml-stub", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -22,9 +29,18 @@ def main(argv: list[str] | None = None) -> None:
                              "as the original YOLO service answered")
     parser.add_argument("--k", type=float, default=DetectorOptions.k,
                         help="dark threshold, in standard deviations below the mean")
+    for name, what in (("fail", "answer 503"), ("hang", "never answer"),
+                       ("drop", "close the connection without an answer")):
+        parser.add_argument(f"--{name}-rate", type=_probability, default=0.0,
+                            help=f"probability per call to {what} (default 0)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the fault draws")
     args = parser.parse_args(argv)
+    if args.fail_rate + args.hang_rate + args.drop_rate > 1:
+        parser.error("--fail-rate, --hang-rate and --drop-rate add up to more than 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = StubOptions(latency_ms=args.latency_ms, mode=args.mode,
+                          fail_rate=args.fail_rate, hang_rate=args.hang_rate,
+                          drop_rate=args.drop_rate, seed=args.seed,
                           detector=DetectorOptions(k=args.k))
     web.run_app(create_app(options), host=args.host, port=args.port, access_log=None,
                 handler_cancellation=True,

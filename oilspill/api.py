@@ -40,7 +40,7 @@ _ERRORS: dict[type[Exception], tuple[int, str]] = {
     JobNotFinished: (409, "job_not_finished"),
 }
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 410: "gone",
                  405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                  415: "unsupported_media_type", 422: "unprocessable", 500: "internal_error",
                  503: "unavailable"}
@@ -98,6 +98,30 @@ def _valid_id(request: web.Request, name: str, what: str) -> str:
     return value
 
 
+async def _missing(request: web.Request, what: str, object_id: str) -> ApiError:
+    """404 for an id never seen; 410 Gone for one that was deleted."""
+    deleted_at = await request.app[keys.STORE].deleted_at(object_id)
+    if deleted_at is not None:
+        return ApiError(410, "gone", f"{what} {object_id} was deleted at {_iso(deleted_at)}")
+    return ApiError(404, "not_found", f"no {what} with id {object_id}")
+
+
+async def _load_task(request: web.Request) -> Task:
+    task_id = _valid_id(request, "task_id", "task")
+    try:
+        return await request.app[keys.STORE].get_task(task_id)
+    except NotFound:
+        raise await _missing(request, "task", task_id) from None
+
+
+async def _load_job(request: web.Request) -> Job:
+    job_id = _valid_id(request, "job_id", "job")
+    try:
+        return await request.app[keys.STORE].get_job(job_id)
+    except NotFound:
+        raise await _missing(request, "job", job_id) from None
+
+
 def task_body(task: Task) -> dict[str, Any]:
     result = None
     if task.result_kind is not None:
@@ -113,13 +137,14 @@ def task_body(task: Task) -> dict[str, Any]:
             "error": task.error}
 
 
-def job_body(job: Job) -> dict[str, Any]:
+def job_body(job: Job, ml_reachable: bool) -> dict[str, Any]:
     p = job.progress
     return {"job_id": job.id, "status": p.status.value, "total": p.total, "queued": p.queued,
             "running": p.running, "done": p.done, "failed": p.failed,
             "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
             "upload_name": job.upload_name,
             "skipped": [{"filename": f, "reason": r} for f, r in job.skipped],
+            "waiting_for_ml_service": not job.finished and not ml_reachable,
             "archive_url": f"/api/download/{job.archive_name}" if job.archive_name else None}
 
 
@@ -136,6 +161,9 @@ def _upload_name(part: BodyPartReader) -> str:
 async def upload(request: web.Request) -> web.Response:
     """POST /api/upload/: a multipart form whose part `file` is a zip of images."""
     settings = request.app[keys.SETTINGS]
+    draining = request.app[keys.DRAINING]
+    if draining.is_set():
+        raise _shutting_down()
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
                        "send a multipart/form-data body with the zip in the part 'file'")
@@ -146,7 +174,8 @@ async def upload(request: web.Request) -> web.Response:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
         raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
-    async with IncomingUpload(request.app[keys.STORE], settings) as incoming:
+    async with IncomingUpload(request.app[keys.STORE], settings,
+                              request.app[keys.ACTIVE_UPLOADS]) as incoming:
         upload_name = None
         try:
             while (part := await reader.next()) is not None:
@@ -161,6 +190,8 @@ async def upload(request: web.Request) -> web.Response:
             raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
         if upload_name is None:
             raise ApiError(400, "missing_file", "the form has no part named 'file'")
+        if draining.is_set():
+            raise _shutting_down()
         accepted = await incoming.commit(upload_name)
     await request.app[keys.POOL].notify()
     return web.json_response(
@@ -169,41 +200,43 @@ async def upload(request: web.Request) -> web.Response:
         status=202, headers={"Location": f"/api/job/{accepted.job_id}"})
 
 
+def _shutting_down() -> ApiError:
+    return ApiError(503, "shutting_down", "the server is shutting down; upload again shortly")
+
+
 async def get_task(request: web.Request) -> web.Response:
     """GET /api/task/{task_id}"""
-    task_id = _valid_id(request, "task_id", "task")
-    try:
-        task = await request.app[keys.STORE].get_task(task_id)
-    except NotFound:
-        raise ApiError(404, "not_found", f"no task with id {task_id}") from None
-    return web.json_response(task_body(task))
+    return web.json_response(task_body(await _load_task(request)))
 
 
 async def get_task_file(request: web.Request) -> web.FileResponse:
     """GET /api/task/{task_id}/mask or /picture: the stored answer of a done task."""
-    task_id = _valid_id(request, "task_id", "task")
+    task = await _load_task(request)
     kind = ResultKind(request.match_info["kind"])
-    try:
-        task = await request.app[keys.STORE].get_task(task_id)
-    except NotFound:
-        raise ApiError(404, "not_found", f"no task with id {task_id}") from None
+    missing = ApiError(404, "not_found", f"task {task.id} has no {kind.value}")
     if task.result_kind is not kind or task.result_name is None:
-        raise ApiError(404, "not_found", f"task {task_id} has no {kind.value}")
+        raise missing
     path = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id).result(
         kind, task.result_name)
     if not await asyncio.to_thread(path.is_file):
-        raise ApiError(404, "not_found", f"task {task_id} has no {kind.value}")
+        raise missing
     return web.FileResponse(path)
 
 
 async def get_job(request: web.Request) -> web.Response:
     """GET /api/job/{job_id}: progress counts."""
-    job_id = _valid_id(request, "job_id", "job")
+    job = await _load_job(request)
+    return web.json_response(job_body(job, request.app[keys.POOL].ml_reachable))
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """DELETE /api/job/{job_id}: cancel the job and remove its files now."""
+    job = await _load_job(request)
     try:
-        job = await request.app[keys.STORE].get_job(job_id)
-    except NotFound:
-        raise ApiError(404, "not_found", f"no job with id {job_id}") from None
-    return web.json_response(job_body(job))
+        tasks = await request.app[keys.RETENTION].delete_job(job.id)
+    except NotFound:  # deleted by someone else meanwhile
+        raise await _missing(request, "job", job.id) from None
+    return web.json_response({"job_id": job.id, "status": "deleted", "tasks": tasks})
 
 
 async def get_archive(request: web.Request) -> web.Response:
@@ -212,7 +245,7 @@ async def get_archive(request: web.Request) -> web.Response:
     try:
         name = await request.app[keys.ARCHIVES].ensure(job_id)
     except NotFound:
-        raise ApiError(404, "not_found", f"no job with id {job_id}") from None
+        raise await _missing(request, "job", job_id) from None
     except JobNotFinished:
         raise ApiError(409, "job_not_finished",
                        f"job {job_id} is still running; ask again when it is finished") from None
@@ -229,6 +262,8 @@ async def download(request: web.Request) -> web.FileResponse:
     try:
         job = await request.app[keys.STORE].get_job(job_id)
     except NotFound:
+        if await request.app[keys.STORE].deleted_at(job_id) is not None:
+            raise ApiError(410, "gone", f"job {job_id} and its results were deleted") from None
         raise missing from None
     if job.archive_name != name:
         raise missing
@@ -246,7 +281,9 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         logger.error("health check: database unreachable: %s", exc)
         raise ApiError(503, "database_unavailable", "the database does not answer") from None
+    reachable = request.app[keys.POOL].ml_reachable
     return web.json_response({"status": "ok", "database": "ok",
+                              "ml_service": "reachable" if reachable else "unreachable",
                               "ml_service_url": request.app[keys.ML_CLIENT].base_url})
 
 
@@ -256,6 +293,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/task/{task_id}", get_task)
     app.router.add_get("/api/task/{task_id}/{kind:mask|picture}", get_task_file)
     app.router.add_get("/api/job/{job_id}", get_job)
+    app.router.add_delete("/api/job/{job_id}", delete_job)
     app.router.add_get("/api/archive/{job_id}", get_archive)
     app.router.add_get("/api/download/{filename}", download)
     app.router.add_get("/healthz", healthz)

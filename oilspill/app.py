@@ -1,22 +1,28 @@
 """`create_app(settings)`: the aiohttp application with its resources wired in order.
 
 Each resource is one `cleanup_ctx` generator: set up before its `yield`, torn down after,
-in reverse order (data dir, database, HTTP session to the ML service, worker pool).
+in reverse order: data dir, database, HTTP session to the ML service, worker pool, cleanup
+scheduler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import keys
 from .api import error_middleware, setup_routes
+from .cleanup import Retention, recover_files
 from .config import Settings
+from .jobs import RetryPolicy
 from .ml_client import MLClient
+from .outage import OutageGate
 from .results import ResultArchives
 from .store import Store
 from .worker import WorkerPool
@@ -31,13 +37,16 @@ async def _data_dir(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store(app: web.Application) -> AsyncIterator[None]:
-    store = await Store.open(app[keys.SETTINGS].db_path)
+    settings = app[keys.SETTINGS]
+    store = await Store.open(settings.db_path)
     # Any task still `running` was claimed by a process that is gone: run it again.
     requeued = await store.requeue_running()
     if requeued:
-        logger.warning("recovered %d tasks left running by a previous process", requeued)
+        logger.warning("start-up: %d tasks left running by a previous process re-queued",
+                       requeued)
+    await recover_files(store, settings.jobs_dir)
     app[keys.STORE] = store
-    app[keys.ARCHIVES] = ResultArchives(store, app[keys.SETTINGS].jobs_dir)
+    app[keys.ARCHIVES] = ResultArchives(store, settings.jobs_dir)
     yield
     await store.close()
 
@@ -55,22 +64,54 @@ async def _ml_client(app: web.Application) -> AsyncIterator[None]:
 
 async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    pool = WorkerPool(app[keys.STORE], app[keys.ML_CLIENT], settings.jobs_dir,
-                      settings.concurrency)
+    ml = app[keys.ML_CLIENT]
+    pool = WorkerPool(
+        app[keys.STORE], ml, settings.jobs_dir, settings.concurrency,
+        policy=RetryPolicy(max_attempts=settings.ml_max_attempts,
+                           base_delay_s=settings.ml_retry_base_s,
+                           max_delay_s=settings.ml_retry_max_s),
+        gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
+        rng=random.Random())
     app[keys.POOL] = pool
     pool.start()
     await pool.notify()
     yield
-    await pool.stop()
+    await pool.stop(settings.shutdown_grace_s)
+
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    retention = Retention(
+        app[keys.STORE], app[keys.POOL], settings.jobs_dir, retention_s=settings.retention_s,
+        orphan_age_s=settings.orphan_age_s, tombstone_s=settings.tombstone_s,
+        active_uploads=app[keys.ACTIVE_UPLOADS])
+    app[keys.RETENTION] = retention
+    scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+    scheduler.add_job(retention.run_once, "interval", seconds=settings.cleanup_interval_s,
+                      id="retention", coalesce=True, max_instances=1)
+    scheduler.start()
+    yield
+    scheduler.shutdown(wait=False)
+    async with retention.running:  # let a run in progress finish before the store closes
+        pass
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[keys.DRAINING].set()
+    logger.info("shutting down: uploads refused from now on")
 
 
 def create_app(settings: Settings) -> web.Application:
     """The oilspill web application for these settings."""
     app = web.Application(middlewares=[error_middleware])
     app[keys.SETTINGS] = settings
+    app[keys.DRAINING] = asyncio.Event()
+    app[keys.ACTIVE_UPLOADS] = set()
     app.cleanup_ctx.append(_data_dir)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_ml_client)
     app.cleanup_ctx.append(_worker_pool)
+    app.cleanup_ctx.append(_retention)
+    app.on_shutdown.append(_start_draining)
     setup_routes(app)
     return app

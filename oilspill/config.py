@@ -64,6 +64,38 @@ class Settings:
     max_compression_ratio: float = _setting(
         "OILSPILL_MAX_COMPRESSION_RATIO", 200.0,
         "Highest uncompressed:compressed ratio of one zip entry.", 1)
+    ml_max_attempts: int = _setting(
+        "OILSPILL_ML_MAX_ATTEMPTS", 5,
+        "Calls per image at most when the ML service has trouble (429, 5xx, timeouts, "
+        "connection errors); then the task fails with the last reason.", 1, 1000)
+    ml_retry_base_s: float = _setting(
+        "OILSPILL_ML_RETRY_BASE_S", 0.5,
+        "First retry back-off ceiling; doubles per attempt, with full jitter.", 0, 3600)
+    ml_retry_max_s: float = _setting(
+        "OILSPILL_ML_RETRY_MAX_S", 60.0,
+        "Longest back-off between two attempts (Retry-After is honoured up to this).", 0, 86400)
+    ml_pause_after: int = _setting(
+        "OILSPILL_ML_PAUSE_AFTER", 3,
+        "Consecutive connection failures after which the pool pauses and probes the ML "
+        "service's /health until it answers.", 1, 1000)
+    shutdown_grace_s: float = _setting(
+        "OILSPILL_SHUTDOWN_GRACE_S", 20.0,
+        "On SIGTERM/SIGINT, how long calls in flight may finish; the rest are re-queued.",
+        0, 3600)
+    cleanup_interval_s: float = _setting(
+        "OILSPILL_CLEANUP_INTERVAL_S", 600.0, "How often the retention job runs.", 0.1, 86400)
+    retention_s: float = _setting(
+        "OILSPILL_RETENTION_S", 86400.0,
+        "Finished jobs older than this are deleted with their files (their URLs then "
+        "answer 410).", 0, 10 * 365 * 86400)
+    orphan_age_s: float = _setting(
+        "OILSPILL_ORPHAN_AGE_S", 3600.0,
+        "Job folders with no job row (a partial upload) untouched this long are removed.",
+        60, 10 * 365 * 86400)
+    tombstone_s: float = _setting(
+        "OILSPILL_TOMBSTONE_S", 30 * 86400.0,
+        "How long a deleted job's ids answer 410 Gone before they answer 404.", 0,
+        10 * 365 * 86400)
     log_level: str = _setting(
         "OILSPILL_LOG_LEVEL", "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
     bundled_ml_stub: bool = field(default=False, metadata={"env": None})

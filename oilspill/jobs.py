@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -66,6 +67,33 @@ class Task:
     oil_pixels: int | None
     oil_fraction: float | None
     error: str | None
+    not_before: float | None = None
+
+    def retryable(self, policy: RetryPolicy) -> bool:
+        """True while the task has attempts left under the policy."""
+        return self.attempts < policy.max_attempts
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How tasks are retried after the ML service's own trouble (429, 5xx, timeouts).
+
+    max_attempts: calls per task at most, the first included.
+    base_delay_s / max_delay_s: exponential back-off with full jitter: before attempt n+1
+    the task waits a random time in [0, min(max_delay_s, base_delay_s * 2**(n-1))], and at
+    least as long as the service's Retry-After asked.
+    """
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 60.0
+
+    def delay_s(self, attempts: int, retry_after_s: float | None, rng: random.Random) -> float:
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** max(0, attempts - 1))
+        delay = rng.uniform(0, ceiling)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.max_delay_s))
+        return delay
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
+from .cleanup import Retention
 from .config import Settings
 from .ml_client import MLClient
 from .results import ResultArchives
@@ -15,3 +18,8 @@ STORE = web.AppKey("store", Store)
 ML_CLIENT = web.AppKey("ml_client", MLClient)
 POOL = web.AppKey("pool", WorkerPool)
 ARCHIVES = web.AppKey("archives", ResultArchives)
+RETENTION = web.AppKey("retention", Retention)
+# Set when shutdown begins: uploads are refused from then on.
+DRAINING = web.AppKey("draining", asyncio.Event)
+# Ids of jobs whose upload is still arriving: their folders have no row yet.
+ACTIVE_UPLOADS = web.AppKey("active_uploads", set[str])

@@ -40,6 +40,10 @@ class MLUnavailable(MLError):
         self.retry_after_s = retry_after_s
 
 
+class MLUnreachable(MLUnavailable):
+    """No connection could be made: the service is down or the link is."""
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -104,11 +108,13 @@ class MLClient:
                             message, parse_retry_after(resp.headers.get("Retry-After")))
                     raise MLRejected(message)
                 await self._save(resp, dest)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise MLUnreachable(f"ML service unreachable: {exc}") from None
         except TimeoutError:
             raise MLUnavailable(f"ML service timed out after {self._timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
             raise MLUnavailable(
-                f"ML service unreachable: {exc.__class__.__name__}: {exc}") from None
+                f"ML service connection failed: {exc.__class__.__name__}: {exc}") from None
         finally:
             await asyncio.to_thread(fh.close)
 

@@ -40,6 +40,7 @@ class ResultArchives:
                 if job.archive_name:
                     return job.archive_name
                 tasks = await self._store.list_tasks(job_id)
+                logger.info("job %s: building result zip", job_id)
                 started = time.monotonic()
                 await asyncio.to_thread(build_result_zip, JobPaths(self._jobs_dir, job_id), tasks)
                 name = archive_name(job_id)

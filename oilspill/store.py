@@ -61,6 +61,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_status ON tasks(status);
     CREATE INDEX tasks_by_job ON tasks(job_id, status);
     """,
+    """
+    -- A task waiting out a retry back-off is queued with not_before in the future.
+    ALTER TABLE tasks ADD COLUMN not_before REAL;
+    -- Ids of deleted jobs and tasks, so their URLs answer 410 Gone rather than 404.
+    CREATE TABLE tombstones (
+        id         TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        deleted_at REAL NOT NULL
+    );
+    CREATE INDEX tombstones_by_age ON tombstones(deleted_at);
+    CREATE INDEX jobs_by_finished ON jobs(finished_at);
+    """,
 )
 
 
@@ -89,7 +101,7 @@ def _task(row: aiosqlite.Row) -> Task:
         finished_at=row["finished_at"], width=row["width"], height=row["height"],
         result_kind=ResultKind(row["result_kind"]) if row["result_kind"] else None,
         result_name=row["result_name"], oil_pixels=row["oil_pixels"],
-        oil_fraction=row["oil_fraction"], error=row["error"],
+        oil_fraction=row["oil_fraction"], error=row["error"], not_before=row["not_before"],
     )
 
 
@@ -224,7 +236,7 @@ class Store:
         return _task(row)
 
     async def claim_next_task(self) -> Task | None:
-        """Atomically move the oldest queued task to running and return it; None if none.
+        """Atomically move the oldest due queued task to running and return it; None if none.
 
         One status-guarded UPDATE … RETURNING: two claimers, even on two connections, never
         get the same task.
@@ -232,8 +244,9 @@ class Store:
         async with self._transaction() as db:
             async with db.execute(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
-                " started_at = :now"
+                " started_at = :now, not_before = NULL"
                 " WHERE rowid = (SELECT rowid FROM tasks WHERE status = 'queued'"
+                "                AND (not_before IS NULL OR not_before <= :now)"
                 "                ORDER BY rowid LIMIT 1)"
                 " AND status = 'queued' RETURNING *",
                 {"now": _now()},
@@ -278,11 +291,77 @@ class Store:
                 {"job_id": row["job_id"], "now": params["now"]},
             )
 
+    async def retry_task(self, task_id: str, error: str, not_before: float) -> None:
+        """Put a running task back in the queue, due at `not_before` (epoch seconds)."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE tasks SET status = 'queued', error = :error, not_before = :not_before,"
+                " started_at = NULL WHERE id = :id AND status = 'running'",
+                {"id": task_id, "error": error, "not_before": not_before})
+            if cur.rowcount != 1:
+                raise NotFound(f"no running task {task_id}")
+
+    async def next_due_at(self) -> float | None:
+        """When the earliest queued task waiting out a back-off becomes due; None if none."""
+        async with self._reader.execute(
+            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued'"
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row and row[0] is not None else None
+
     async def requeue_running(self) -> int:
         """Put every `running` task back to `queued` (their claimer is gone); return how many."""
         async with self._transaction() as db:
             cur = await db.execute(
                 "UPDATE tasks SET status = 'queued', started_at = NULL WHERE status = 'running'")
+            return cur.rowcount
+
+    # --- deletion -------------------------------------------------------------------------
+
+    async def delete_job(self, job_id: str) -> int:
+        """Delete a job and its tasks, leaving tombstones; return how many tasks it had.
+
+        Queued and running tasks go with it: the caller abandons their calls. Raises NotFound.
+        """
+        now = _now()
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "INSERT INTO tombstones (id, kind, deleted_at)"
+                " SELECT id, 'task', :now FROM tasks WHERE job_id = :job_id",
+                {"job_id": job_id, "now": now})
+            tasks = cur.rowcount
+            cur = await db.execute("DELETE FROM jobs WHERE id = :job_id", {"job_id": job_id})
+            if cur.rowcount != 1:
+                raise NotFound(job_id)  # rolls back the task tombstones too
+            await db.execute(
+                "INSERT INTO tombstones (id, kind, deleted_at) VALUES (:job_id, 'job', :now)",
+                {"job_id": job_id, "now": now})
+            # ON DELETE CASCADE removed the task rows with the job row.
+        return tasks
+
+    async def deleted_at(self, object_id: str) -> float | None:
+        """When a job or task with this id was deleted; None if it never was."""
+        async with self._reader.execute(
+            "SELECT deleted_at FROM tombstones WHERE id = ?", (object_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else None
+
+    async def jobs_finished_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs whose last task finished before `cutoff` (epoch seconds)."""
+        async with self._reader.execute(
+            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (cutoff,)
+        ) as cur:
+            return [row[0] for row in await cur.fetchall()]
+
+    async def job_ids(self) -> set[str]:
+        async with self._reader.execute("SELECT id FROM jobs") as cur:
+            return {row[0] for row in await cur.fetchall()}
+
+    async def purge_tombstones(self, cutoff: float) -> int:
+        """Forget deletions older than `cutoff`; their ids then answer 404."""
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM tombstones WHERE deleted_at < ?", (cutoff,))
             return cur.rowcount
 
     async def count_queued(self) -> int:

@@ -65,19 +65,23 @@ class IncomingUpload:
     the block without a commit (an error, a client that went away) removes everything.
     """
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, active: set[str]) -> None:
         self._store = store
         self._settings = settings
+        self._active = active
         self.job_id = new_id()
         self._paths = JobPaths(settings.jobs_dir, self.job_id)
         self._committed = False
 
     async def __aenter__(self) -> IncomingUpload:
+        # Registered first: the orphan sweep leaves a folder alone while its upload arrives.
+        self._active.add(self.job_id)
         await asyncio.to_thread(self._paths.root.mkdir, parents=True)
         return self
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None,
                         tb: object) -> None:
+        self._active.discard(self.job_id)
         if not self._committed:
             # Shielded: a cancelled request (client gone) must still clean up.
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, self._paths.root, True))

@@ -1,7 +1,8 @@
 """The worker pool: asyncio tasks that claim queued tasks from the store and run them.
 
-Workers sleep on a condition until `notify()` says work arrived; they never poll SQLite in a
-loop. A semaphore bounds the calls in flight to the ML service.
+Workers sleep on a condition until `notify()` says work arrived, or until the next retry
+falls due; they never poll SQLite in a loop. A semaphore bounds the calls in flight to the
+ML service, and the outage gate holds every worker while the service is unreachable.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
+import time
 from pathlib import Path
 
-from .jobs import Task, TaskOutcome
+from .jobs import RetryPolicy, Task, TaskOutcome
 from .masks import UnreadableImage, probe_image, read_answer
-from .ml_client import MLClient, MLError
+from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
+from .outage import OutageGate
 from .paths import JobPaths
-from .store import Store
+from .store import NotFound, Store
 
 logger = logging.getLogger(__name__)
 
@@ -25,31 +29,33 @@ class WorkerPool:
     """`workers` claim loops sharing one semaphore of `concurrency` ML calls."""
 
     def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
-                 workers: int | None = None) -> None:
+                 policy: RetryPolicy, gate: OutageGate, workers: int | None = None,
+                 rng: random.Random | None = None) -> None:
         self._store = store
         self._ml = ml
         self._jobs_dir = jobs_dir
+        self._policy = policy
+        self._gate = gate
         self._workers = workers or concurrency
+        self._rng = rng or random.Random()
         self._calls = asyncio.Semaphore(concurrency)
         # A generation counter under a condition: a worker that found no work waits for the
         # counter to move past what it saw before claiming, so no wake-up is ever lost.
         self._arrivals = asyncio.Condition()
         self._generation = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._loops: list[asyncio.Task[None]] = []
+        self._inflight: dict[str, tuple[Task, asyncio.Task[None]]] = {}
+
+    @property
+    def ml_reachable(self) -> bool:
+        """False while the pool is paused because the ML service cannot be reached."""
+        return self._gate.is_open
 
     def start(self) -> None:
         for n in range(self._workers):
-            self._tasks.append(asyncio.create_task(self._run(), name=f"oilspill-worker-{n}"))
+            self._loops.append(asyncio.create_task(self._run(), name=f"oilspill-worker-{n}"))
         logger.info("worker pool started: %d workers", self._workers)
-
-    async def stop(self) -> None:
-        """Cancel the workers; tasks they held go back to queued."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        requeued = await self._store.requeue_running()
-        logger.info("worker pool stopped; %d running tasks put back to queued", requeued)
 
     async def notify(self) -> None:
         """Wake idle workers: new tasks are queued."""
@@ -57,26 +63,62 @@ class WorkerPool:
             self._generation += 1
             self._arrivals.notify_all()
 
-    async def _wait_for_arrivals(self, seen: int) -> None:
+    async def stop(self, grace_s: float) -> None:
+        """Claim nothing more, let calls in flight finish within `grace_s`, then cancel the
+        rest; every task still running goes back to queued."""
+        self._stopping = True
+        await self.notify()
+        inflight = [child for _, child in self._inflight.values()]
+        if inflight:
+            logger.info("waiting up to %.1f s for %d calls in flight", grace_s, len(inflight))
+            await asyncio.wait(inflight, timeout=grace_s)
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        await self._gate.close()
+        requeued = await self._store.requeue_running()
+        logger.info("worker pool stopped; %d unfinished tasks put back to queued", requeued)
+
+    def abandon_job(self, job_id: str) -> int:
+        """Cancel this job's calls in flight (its rows are gone); return how many."""
+        children = [child for task, child in self._inflight.values() if task.job_id == job_id]
+        for child in children:
+            child.cancel()
+        return len(children)
+
+    async def _wait_for_work(self, seen: int) -> None:
+        due = await self._store.next_due_at()
+        timeout_s = None if due is None else max(0.0, due - time.time())
         async with self._arrivals:
-            await self._arrivals.wait_for(lambda: self._generation != seen)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._arrivals.wait_for(lambda: self._generation != seen), timeout_s)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
+            await self._gate.wait_open()
             seen = self._generation
             task = await self._store.claim_next_task()
             if task is None:
-                await self._wait_for_arrivals(seen)
+                await self._wait_for_work(seen)
                 continue
+            child = asyncio.create_task(self._process(task))
+            self._inflight[task.id] = (task, child)
             try:
-                await self._process(task)
+                await child
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the pool is stopping
+                logger.info("job %s task %s: abandoned (job deleted)", task.job_id, task.id)
             except Exception as exc:
                 # A bug must not kill the worker or leave the job unfinished.
                 logger.exception("job %s task %s: internal error", task.job_id, task.id)
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(NotFound):
                     await self._store.mark_task_failed(task.id, f"internal error: {exc}")
+            finally:
+                self._inflight.pop(task.id, None)
 
     async def _process(self, task: Task) -> None:
         paths = JobPaths(self._jobs_dir, task.job_id)
@@ -88,15 +130,24 @@ class WorkerPool:
         except UnreadableImage as exc:
             await self._fail(task, str(exc))
             return
+        # Written beside its final place, flushed, then renamed: a task is never done
+        # without its file, and a retry after a crash overwrites, never duplicates.
         partial = paths.masks / f".{task.id}.part"
         try:
+            await self._gate.wait_open()
             async with self._calls:
                 await self._ml.segment(image, task.filename, task.content_type, partial)
+            self._gate.record_success()
             answer = await asyncio.to_thread(read_answer, partial, width, height)
             result_name = f"{task.seq:06d}{answer.extension}"
-            final = paths.result(answer.kind, result_name)
-            await asyncio.to_thread(_move_into_place, partial, final)
-        except (MLError, UnreadableImage) as exc:
+            await asyncio.to_thread(_move_into_place, partial,
+                                    paths.result(answer.kind, result_name))
+        except MLUnavailable as exc:
+            if isinstance(exc, MLUnreachable):
+                self._gate.record_unreachable()
+            await self._retry_or_fail(task, exc, width, height)
+            return
+        except (MLRejected, UnreadableImage) as exc:
             await self._fail(task, str(exc), width, height)
             return
         finally:
@@ -108,6 +159,17 @@ class WorkerPool:
         logger.info("job %s task %s: done, %s, oil fraction %s", task.job_id, task.id,
                     answer.kind.value, "n/a" if fraction is None else f"{fraction:.4f}")
 
+    async def _retry_or_fail(self, task: Task, exc: MLUnavailable, width: int,
+                             height: int) -> None:
+        if not task.retryable(self._policy):
+            await self._fail(task, f"{exc} (gave up after {task.attempts} attempts)",
+                             width, height)
+            return
+        delay_s = self._policy.delay_s(task.attempts, exc.retry_after_s, self._rng)
+        logger.warning("job %s task %s: attempt %d failed, retrying in %.2f s: %s",
+                       task.job_id, task.id, task.attempts, delay_s, exc)
+        await self._store.retry_task(task.id, str(exc), time.time() + delay_s)
+
     async def _fail(self, task: Task, reason: str, width: int | None = None,
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
@@ -117,6 +179,12 @@ class WorkerPool:
 def _move_into_place(partial: Path, final: Path) -> None:
     final.parent.mkdir(exist_ok=True)
     os.replace(partial, final)
+    # The rename is durable only once the folder's entry is on disk.
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove_if_present(path: Path) -> None:

@@ -85,7 +85,8 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(data_dir: Path, ml_url: str) -> Settings:
     return Settings(data_dir=data_dir, ml_service_url=ml_url, concurrency=4,
-                    max_upload_bytes=8 * 1024 * 1024)
+                    max_upload_bytes=8 * 1024 * 1024, shutdown_grace_s=0.5,
+                    ml_retry_base_s=0.05)
 
 
 @pytest.fixture

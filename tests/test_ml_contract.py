@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import socket
+import time
 import zipfile
 
 from aiohttp import web
 from PIL import Image
 
+from ml_stub.app import create_app as create_stub
 from oilspill.app import create_app
 
 from .conftest import scene_png, upload, wait_finished, zip_bytes
@@ -68,29 +69,73 @@ async def test_an_image_that_does_not_decode_fails_before_any_ml_call(client):
     assert tasks[0]["status"] == "failed" and "cannot read image" in tasks[0]["error"]
 
 
-async def test_a_service_error_fails_the_task_with_the_status(aiohttp_server, aiohttp_client,
-                                                              settings):
-    async def overloaded(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"detail": "GPU out of memory"}, status=503)
+class ScriptedService:
+    """A real HTTP server that answers /segment with a scripted list of statuses, then masks
+    from the real stub's detector; it records when each call came."""
 
-    app = web.Application()
-    app.router.add_post("/segment", overloaded)
-    server = await aiohttp_server(app)
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.calls: list[float] = []
+
+    def app(self) -> web.Application:
+        @web.middleware
+        async def scripted(request: web.Request, handler):  # type: ignore[no-untyped-def]
+            self.calls.append(time.monotonic())
+            if not self.script:
+                return await handler(request)
+            await request.read()
+            status, headers = self.script.pop(0)
+            return web.json_response({"detail": "GPU out of memory"}, status=status,
+                                     headers=headers)
+
+        app = create_stub()
+        app.middlewares.append(scripted)
+        return app
+
+
+async def scripted_client(aiohttp_server, aiohttp_client, settings, script, **changes):
+    service = ScriptedService(script)
+    server = await aiohttp_server(service.app())
     url = str(server.make_url("")).rstrip("/")
-    client = await aiohttp_client(create_app(settings.with_changes(ml_service_url=url)))
+    client = await aiohttp_client(create_app(settings.with_changes(ml_service_url=url,
+                                                                   **changes)))
+    return service, client
+
+
+async def test_service_errors_are_retried_then_fail_with_the_last_reason(
+        aiohttp_server, aiohttp_client, settings):
+    service, client = await scripted_client(
+        aiohttp_server, aiohttp_client, settings, [(503, {})] * 10, ml_max_attempts=3,
+        ml_retry_base_s=0.01)
     job, tasks = await run_job(client, {"a.png": scene_png()})
     assert job["status"] == "failed"
-    assert tasks[0]["error"] == "ML service answered 503: GPU out of memory"
+    assert len(service.calls) == 3 and tasks[0]["attempts"] == 3
+    assert tasks[0]["error"] == ("ML service answered 503: GPU out of memory "
+                                 "(gave up after 3 attempts)")
 
 
-async def test_an_unreachable_service_fails_the_task_and_the_job_finishes(aiohttp_client,
-                                                                          settings):
-    with socket.socket() as sock:  # a port that nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = await aiohttp_client(create_app(
-        settings.with_changes(ml_service_url=f"http://127.0.0.1:{port}")))
-    job, tasks = await run_job(client, {"a.png": scene_png(), "b.png": scene_png(seed=1)})
-    assert (job["status"], job["failed"]) == ("failed", 2)
-    assert all("unreachable" in t["error"] for t in tasks)
+async def test_a_transient_error_is_retried_until_done(aiohttp_server, aiohttp_client,
+                                                       settings):
+    service, client = await scripted_client(
+        aiohttp_server, aiohttp_client, settings, [(500, {}), (502, {})], ml_retry_base_s=0.01)
+    job, tasks = await run_job(client, {"a.png": scene_png()})
+    assert job["status"] == "done" and tasks[0]["attempts"] == 3
+    assert len(service.calls) == 3 and tasks[0]["error"] is None
+
+
+async def test_retry_after_is_honoured(aiohttp_server, aiohttp_client, settings):
+    service, client = await scripted_client(
+        aiohttp_server, aiohttp_client, settings, [(429, {"Retry-After": "1"})],
+        ml_retry_base_s=0.01)
+    job, _ = await run_job(client, {"a.png": scene_png()})
+    assert job["status"] == "done" and len(service.calls) == 2
+    assert service.calls[1] - service.calls[0] >= 0.95
+
+
+async def test_a_rejection_is_not_retried(aiohttp_server, aiohttp_client, settings):
+    service, client = await scripted_client(
+        aiohttp_server, aiohttp_client, settings, [(400, {})], ml_retry_base_s=0.01)
+    job, tasks = await run_job(client, {"a.png": scene_png()})
+    assert job["status"] == "failed" and len(service.calls) == 1
+    assert tasks[0]["attempts"] == 1
+    assert tasks[0]["error"] == "ML service answered 400: GPU out of memory"

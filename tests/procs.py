@@ -1,0 +1,169 @@
+"""Real processes for the durability tests: the server and the ML stub, as users run them."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import signal
+import socket
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ml_stub.scenes import make_scene, png_bytes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OILSPILL_") and k != "ML_SERVICE_URL"}
+    env.update(extra)
+    return env
+
+
+def scenes_zip(count: int, size: int = 64) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for i in range(count):
+            zf.writestr(f"scene_{i:04d}.png", png_bytes(make_scene(size, size, seed=i)[0]))
+    return out.getvalue()
+
+
+class Process:
+    """A child process whose merged output is collected line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.args, self.env, self.cwd = args, env, cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._new_line = asyncio.Event()
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, env=self.env, cwd=self.cwd, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip())
+            self._new_line.set()
+
+    async def wait_for_line(self, pattern: str, timeout_s: float = 60) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if match := regex.search(line):
+                    return match
+            seen = len(self.lines)
+            assert self.running, f"process exited while waiting for {pattern!r}:\n{self.tail()}"
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no line matching {pattern!r}:\n{self.tail()}"
+            self._new_line.clear()
+            try:
+                await asyncio.wait_for(self._new_line.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.lines[-n:])
+
+    async def signal(self, sig: int) -> None:
+        assert self.proc
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout_s: float = 60) -> int:
+        assert self.proc
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        if self._reader:
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        if self.running:
+            await self.signal(signal.SIGKILL)
+            await self.wait()
+
+
+def stub_process(port: int, cwd: Path, *flags: str) -> Process:
+    return Process([sys.executable, "-m", "ml_stub", "--port", str(port), *flags],
+                   clean_env(), cwd)
+
+
+def server_process(port: int, data_dir: Path, ml_url: str, cwd: Path,
+                   **settings: str) -> Process:
+    env = clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(data_dir),
+                    ML_SERVICE_URL=ml_url, **settings)
+    return Process([sys.executable, "-m", "oilspill", "serve"], env, cwd)
+
+
+async def wait_http(url: str, proc: Process, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while True:
+            assert proc.running, f"process exited:\n{proc.tail()}"
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{url} never answered:\n{proc.tail()}"
+            await asyncio.sleep(0.05)
+
+
+class Api:
+    """Just enough of a client for the tests, against a server that may go away."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+
+    async def upload(self, data: bytes) -> dict[str, Any]:
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename="scenes.zip", content_type="application/zip")
+        async with self.session.post(f"{self.base}/api/upload/", data=form) as resp:
+            assert resp.status == 202, await resp.text()
+            return dict(await resp.json())
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.session.get(f"{self.base}{path}") as resp:
+            return resp.status, await resp.json()
+
+    async def wait_job(self, job_id: str, until: str = "finished", timeout_s: float = 120,
+                       at_least_done: int = 0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, job = await self.get(f"/api/job/{job_id}")
+            assert status == 200, job
+            if until == "finished" and job["finished_at"] is not None:
+                return dict(job)
+            if until == "done_count" and job["done"] >= at_least_done:
+                return dict(job)
+            assert time.monotonic() < deadline, f"job did not get there: {job}"
+            await asyncio.sleep(0.02)
+
+    async def archive(self, job_id: str) -> zipfile.ZipFile:
+        status, body = await self.get(f"/api/archive/{job_id}")
+        assert status == 200, body
+        async with self.session.get(f"{self.base}{body['archive_url']}") as resp:
+            assert resp.status == 200
+            return zipfile.ZipFile(io.BytesIO(await resp.read()))

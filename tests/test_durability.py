@@ -1,0 +1,212 @@
+"""kill -9, a failing ML service and shutdown lose nothing: real processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from .procs import Api, Process, free_port, scenes_zip, server_process, stub_process, wait_http
+
+IMAGES = 300
+
+
+def task_states(data_dir: Path) -> Counter[str]:
+    with sqlite3.connect(data_dir / "oilspill.sqlite3") as db:
+        return Counter(dict(db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status")))
+
+
+def total_attempts(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "oilspill.sqlite3") as db:
+        return int(db.execute("SELECT SUM(attempts) FROM tasks").fetchone()[0] or 0)
+
+
+def leftovers(data_dir: Path) -> list[Path]:
+    return [p for p in data_dir.rglob("*") if p.name.endswith(".part")]
+
+
+class Harness:
+    """One stub process and a server process that can be killed and restarted."""
+
+    def __init__(self, tmp_path: Path, stub_flags: list[str], **settings: str) -> None:
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.stub_port, self.port = free_port(), free_port()
+        self.stub_flags = stub_flags
+        self.settings = settings
+        self.stub: Process | None = None
+        self.server: Process | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ml_url = f"http://127.0.0.1:{self.stub_port}"
+
+    async def start_stub(self) -> None:
+        self.stub = stub_process(self.stub_port, self.tmp_path, *self.stub_flags)
+        await self.stub.start()
+        await wait_http(f"{self.ml_url}/health", self.stub)
+
+    async def start_server(self) -> None:
+        self.server = server_process(self.port, self.data_dir, self.ml_url, self.tmp_path,
+                                     **self.settings)
+        await self.server.start()
+        await wait_http(f"{self.base}/healthz", self.server)
+
+    async def kill_server(self) -> None:
+        assert self.server
+        await self.server.kill()
+
+    async def close(self) -> None:
+        for proc in (self.server, self.stub):
+            if proc:
+                await proc.kill()
+
+
+@pytest.fixture
+async def harness_factory(tmp_path):
+    made: list[Harness] = []
+
+    async def make(stub_flags: list[str], **settings: str) -> Harness:
+        harness = Harness(tmp_path, stub_flags, **settings)
+        made.append(harness)
+        await harness.start_stub()
+        await harness.start_server()
+        return harness
+
+    yield make
+    for harness in made:
+        await harness.close()
+
+
+async def test_kill_9_at_three_moments_loses_and_duplicates_nothing(harness_factory):
+    h = await harness_factory(["--latency-ms", "30"], OILSPILL_CONCURRENCY="4")
+    data = scenes_zip(IMAGES, size=128)
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, h.base)
+        assert h.server
+
+        # 1. During unpacking: the body is in, the reply (after unpack + insert) is not.
+        upload = asyncio.create_task(api.upload(data))
+        await h.server.wait_for_line(r"job \S+: received \d+ bytes")
+        await h.kill_server()
+        with pytest.raises(aiohttp.ClientError):
+            await upload
+        await h.start_server()
+        # Either complete or gone: no job row without all its tasks, no folder without a row.
+        jobs_dir = h.data_dir / "jobs"
+        states = task_states(h.data_dir)
+        assert sum(states.values()) in (0, IMAGES)
+        assert len(list(jobs_dir.iterdir())) == (1 if states else 0)
+        print(f"kill during unpacking: job {'complete' if states else 'gone'} after restart")
+        if not states:
+            accepted = await api.upload(data)
+        else:  # the insert had committed: find the job by its folder
+            (folder,) = jobs_dir.iterdir()
+            accepted = {"job_id": folder.name}
+        job_id = accepted["job_id"]
+
+        # 2. Mid-processing.
+        await api.wait_job(job_id, until="done_count", at_least_done=IMAGES // 3)
+        await h.kill_server()
+        states = task_states(h.data_dir)
+        assert 0 < states["done"] < IMAGES and states["running"] > 0
+        await h.start_server()
+        job = await api.wait_job(job_id)
+        assert (job["done"], job["failed"], job["total"]) == (IMAGES, 0, IMAGES)
+
+        # 3. During archive building.
+        assert h.server
+        building = asyncio.create_task(api.get(f"/api/archive/{job_id}"))
+        await h.server.wait_for_line(rf"job {job_id}: building result zip")
+        await h.kill_server()
+        with pytest.raises(aiohttp.ClientError):
+            await building
+        await h.start_server()
+        with await api.archive(job_id) as zf:
+            names = zf.namelist()
+    masks = [n for n in names if n.startswith("masks/")]
+    assert len(masks) == len(set(masks)) == IMAGES
+    assert task_states(h.data_dir) == Counter({"done": IMAGES})
+    assert leftovers(h.data_dir) == []
+    retried = total_attempts(h.data_dir) - IMAGES
+    print(f"kill test: lost 0, duplicated 0, retried {retried}")
+    assert retried <= 4 + 4  # at most the calls in flight at the mid-processing kill (C=4)
+
+
+FAULT_SETTINGS = {"OILSPILL_ML_MAX_ATTEMPTS": "12", "OILSPILL_ML_RETRY_BASE_S": "0.02",
+                  "OILSPILL_ML_RETRY_MAX_S": "0.5", "OILSPILL_CONCURRENCY": "4"}
+
+
+async def run_clean_job(h: Harness, images: int) -> dict:
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, h.base)
+        accepted = await api.upload(scenes_zip(images))
+        job = await api.wait_job(accepted["job_id"], timeout_s=120)
+    retried = total_attempts(h.data_dir) - images
+    print(f"{images} images: done {job['done']}, failed {job['failed']}, retried {retried}")
+    return job
+
+
+@pytest.mark.parametrize("flags", [["--fail-rate", "0.3"], ["--drop-rate", "0.2"]],
+                         ids=["fail-30pct", "drop-20pct"])
+async def test_a_flaky_service_still_gets_every_task_done(harness_factory, flags):
+    h = await harness_factory([*flags, "--seed", "1"], **FAULT_SETTINGS)
+    job = await run_clean_job(h, 60)
+    assert (job["done"], job["failed"]) == (60, 0)
+    assert total_attempts(h.data_dir) > 60  # faults really happened and were retried
+
+
+async def test_a_hanging_service_times_out_and_retries(harness_factory):
+    h = await harness_factory(["--hang-rate", "0.2", "--seed", "2"],
+                              OILSPILL_ML_TIMEOUT_S="0.5", **FAULT_SETTINGS)
+    job = await run_clean_job(h, 30)
+    assert (job["done"], job["failed"]) == (30, 0)
+    assert total_attempts(h.data_dir) > 30
+
+
+async def test_a_service_down_for_5_s_pauses_the_pool_and_the_job_completes(harness_factory):
+    h = await harness_factory(["--latency-ms", "20"], OILSPILL_ML_MAX_ATTEMPTS="3",
+                              OILSPILL_ML_RETRY_BASE_S="0.05", OILSPILL_CONCURRENCY="4")
+    assert h.stub and h.server
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, h.base)
+        accepted = await api.upload(scenes_zip(200))
+        job_id = accepted["job_id"]
+        await api.wait_job(job_id, until="done_count", at_least_done=20)
+        await h.stub.kill()
+        await h.server.wait_for_line("pausing the pool")
+        status, health = await api.get("/healthz")
+        assert status == 200 and health["ml_service"] == "unreachable"
+        status, job = await api.get(f"/api/job/{job_id}")
+        assert job["waiting_for_ml_service"] is True and job["finished_at"] is None
+        await asyncio.sleep(5)  # the outage itself
+        await h.start_stub()
+        await h.server.wait_for_line("resuming")
+        job = await api.wait_job(job_id)
+        status, health = await api.get("/healthz")
+    assert (job["done"], job["failed"]) == (200, 0)
+    assert health["ml_service"] == "reachable"
+    print(f"outage test: retried {total_attempts(h.data_dir) - 200}")
+
+
+async def test_sigterm_mid_job_requeues_and_a_restart_finishes(harness_factory):
+    h = await harness_factory(["--latency-ms", "50"], OILSPILL_SHUTDOWN_GRACE_S="5",
+                              OILSPILL_CONCURRENCY="4")
+    assert h.server
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, h.base)
+        accepted = await api.upload(scenes_zip(120))
+        job_id = accepted["job_id"]
+        await api.wait_job(job_id, until="done_count", at_least_done=20)
+        await h.server.signal(signal.SIGTERM)
+        assert await h.server.wait(30) == 0
+        states = task_states(h.data_dir)
+        assert states["running"] == 0 and 20 <= states["done"] < 120
+        await h.start_server()
+        job = await api.wait_job(job_id)
+    assert (job["done"], job["failed"]) == (120, 0)
+    # Calls in flight at SIGTERM were let finish: no task needed a second attempt.
+    assert total_attempts(h.data_dir) == 120
