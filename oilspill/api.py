@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
@@ -25,6 +25,7 @@ from .store import NotFound
 from .uploads import IncomingUpload, NoImages, UploadTooLarge
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 CHUNK_BYTES = 256 * 1024
 # Multipart framing around the file part; a Content-Length beyond limit + this is refused
@@ -106,20 +107,21 @@ async def _missing(request: web.Request, what: str, object_id: str) -> ApiError:
     return ApiError(404, "not_found", f"no {what} with id {object_id}")
 
 
-async def _load_task(request: web.Request) -> Task:
-    task_id = _valid_id(request, "task_id", "task")
+async def _load(request: web.Request, param: str, what: str,
+                get: Callable[[str], Awaitable[_T]]) -> _T:
+    object_id = _valid_id(request, param, what)
     try:
-        return await request.app[keys.STORE].get_task(task_id)
+        return await get(object_id)
     except NotFound:
-        raise await _missing(request, "task", task_id) from None
+        raise await _missing(request, what, object_id) from None
+
+
+async def _load_task(request: web.Request) -> Task:
+    return await _load(request, "task_id", "task", request.app[keys.STORE].get_task)
 
 
 async def _load_job(request: web.Request) -> Job:
-    job_id = _valid_id(request, "job_id", "job")
-    try:
-        return await request.app[keys.STORE].get_job(job_id)
-    except NotFound:
-        raise await _missing(request, "job", job_id) from None
+    return await _load(request, "job_id", "job", request.app[keys.STORE].get_job)
 
 
 def task_body(task: Task) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -18,21 +17,9 @@ import aiohttp
 import pytest
 
 from .conftest import scene_png, zip_bytes
+from .procs import clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("OILSPILL_") and k != "ML_SERVICE_URL"}
-    env.update(extra)
-    return env
 
 
 def test_demo_runs_end_to_end(tmp_path):
