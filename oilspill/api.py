@@ -1,7 +1,6 @@
 """HTTP handlers: parse the request, call the service's modules, answer JSON.
 
-Every error, expected or not, is answered as `{"error": {"code": ..., "message": ...}}`.
-Domain errors are mapped to statuses in one table here; no other module knows HTTP.
+Handlers raise ApiError or let a domain error through; `middlewares` renders both.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -17,12 +15,12 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 
 from . import keys
-from .archive import ArchiveTooLarge, NotAZip
 from .jobs import Job, ResultKind, Task
+from .middlewares import ApiError
 from .paths import JobPaths, is_id, job_id_of_archive
 from .results import JobNotFinished
 from .store import NotFound
-from .uploads import IncomingUpload, NoImages, UploadTooLarge
+from .uploads import IncomingUpload, UploadTooLarge
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -31,62 +29,6 @@ CHUNK_BYTES = 256 * 1024
 # Multipart framing around the file part; a Content-Length beyond limit + this is refused
 # before a byte of the body is read.
 MULTIPART_SLACK_BYTES = 64 * 1024
-
-# Domain error -> (HTTP status, error code).
-_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    NotAZip: (400, "not_a_zip"),
-    UploadTooLarge: (413, "upload_too_large"),
-    ArchiveTooLarge: (413, "archive_too_large"),
-    NoImages: (422, "no_images"),
-    JobNotFinished: (409, "job_not_finished"),
-}
-
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 410: "gone",
-                 405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "unprocessable", 500: "internal_error",
-                 503: "unavailable"}
-
-
-class ApiError(Exception):
-    """An answer other than success, raised by a handler."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _error_response(status: int, code: str, message: str,
-                    headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status,
-                             headers=headers)
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Render every failure in the one JSON error shape; never leak a traceback."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error_response(exc.status, exc.code, exc.message)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _STATUS_CODES.get(exc.status, "http_error")
-        return _error_response(exc.status, code, exc.reason,
-                               {k: v for k, v in exc.headers.items() if k == "Allow"})
-    except Exception as exc:
-        for kind, (status, code) in _ERRORS.items():
-            if isinstance(exc, kind):
-                return _error_response(status, code, str(exc))
-        request_id = uuid.uuid4().hex[:12]
-        logger.exception("request %s %s %s failed", request_id, request.method, request.path)
-        return _error_response(500, "internal_error",
-                               f"internal error; quote request id {request_id} to the operator")
-
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
@@ -177,7 +119,8 @@ async def upload(request: web.Request) -> web.Response:
     except (ValueError, AssertionError) as exc:
         raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
     async with IncomingUpload(request.app[keys.STORE], settings,
-                              request.app[keys.ACTIVE_UPLOADS]) as incoming:
+                              request.app[keys.ACTIVE_UPLOADS],
+                              request.content_length) as incoming:
         upload_name = None
         try:
             while (part := await reader.next()) is not None:

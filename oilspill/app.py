@@ -17,10 +17,11 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from . import keys
-from .api import error_middleware, setup_routes
+from .api import setup_routes
 from .cleanup import Retention, recover_files
 from .config import Settings
 from .jobs import RetryPolicy
+from .middlewares import auth_middleware, cors_middleware, error_middleware
 from .ml_client import MLClient
 from .outage import OutageGate
 from .results import ResultArchives
@@ -71,6 +72,7 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
                            base_delay_s=settings.ml_retry_base_s,
                            max_delay_s=settings.ml_retry_max_s),
         gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
+        max_image_pixels=settings.max_image_pixels,
         rng=random.Random())
     app[keys.POOL] = pool
     pool.start()
@@ -103,7 +105,9 @@ async def _start_draining(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The oilspill web application for these settings."""
-    app = web.Application(middlewares=[error_middleware])
+    # Outermost first: CORS headers go on every answer, errors included; the token check
+    # raises an ApiError that the error middleware renders.
+    app = web.Application(middlewares=[cors_middleware, error_middleware, auth_middleware])
     app[keys.SETTINGS] = settings
     app[keys.DRAINING] = asyncio.Event()
     app[keys.ACTIVE_UPLOADS] = set()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from PIL import Image
 
 from .app import create_app
 from .config import ConfigError, Settings, from_env, settings_table
@@ -32,7 +35,19 @@ def _bundled_stub(settings: Settings):  # type: ignore[no-untyped-def]
     return ctx
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
 def serve(settings: Settings) -> None:
+    # Pillow's decompression-bomb guard is process-wide: match it to our own limit.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    if not settings.api_token and not _is_loopback(settings.host):
+        logger.warning("OILSPILL_API_TOKEN is not set and the API listens on %s: anyone who "
+                       "can reach it can upload and read results", settings.host)
     app = create_app(settings)
     if settings.bundled_ml_stub:
         # First in, last out: the stub is up before the worker pool calls it.
@@ -40,6 +55,7 @@ def serve(settings: Settings) -> None:
     ml = settings.ml_service_url + (" (bundled ML stub)" if settings.bundled_ml_stub else "")
     web.run_app(
         app, host=settings.host, port=settings.port, access_log=None,
+        shutdown_timeout=settings.shutdown_grace_s,
         print=lambda _: logger.info("oilspill listening on http://%s:%d, ML service %s",
                                     settings.host, settings.port, ml))
 

@@ -56,6 +56,14 @@ class Settings:
     max_ml_response_bytes: int = _setting(
         "OILSPILL_MAX_ML_RESPONSE_BYTES", 256 * MIB,
         "Largest answer accepted from the ML service for one image.", 1)
+    min_free_bytes: int = _setting(
+        "OILSPILL_MIN_FREE_BYTES", 512 * MIB,
+        "Uploads get 507 when the data folder's file system has less free space than this "
+        "(or would have, after the upload's announced size).", 0)
+    max_image_pixels: int = _setting(
+        "OILSPILL_MAX_IMAGE_PIXELS", 100_000_000,
+        "Largest image, in pixels (width x height); larger images become failed tasks. "
+        "Pillow's decompression-bomb guard is set to match.", 1)
     max_zip_entries: int = _setting(
         "OILSPILL_MAX_ZIP_ENTRIES", 10_000, "Most entries an uploaded zip may have.", 1)
     max_unpacked_bytes: int = _setting(
@@ -96,10 +104,22 @@ class Settings:
         "OILSPILL_TOMBSTONE_S", 30 * 86400.0,
         "How long a deleted job's ids answer 410 Gone before they answer 404.", 0,
         10 * 365 * 86400)
+    api_token: str = _setting(
+        "OILSPILL_API_TOKEN", "",
+        "When set, every /api/ call needs `Authorization: Bearer <token>`; /healthz stays "
+        "open. Empty: no authentication (a warning is logged when listening beyond loopback).")
+    cors_origins: str = _setting(
+        "OILSPILL_CORS_ORIGINS", "",
+        "Comma-separated origins allowed to call the API from a browser on another origin, "
+        "e.g. `https://ops.example.org`; empty: no CORS headers.")
     log_level: str = _setting(
         "OILSPILL_LOG_LEVEL", "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
     bundled_ml_stub: bool = field(default=False, metadata={"env": None})
     """Derived: `oilspill serve` starts the bundled stub (ML_SERVICE_URL was not set)."""
+
+    @property
+    def cors_origin_set(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
 
     @property
     def db_path(self) -> Path:
@@ -185,5 +205,6 @@ def settings_table() -> str:
                     f"{default} ({default // GIB} GiB)")
             else:
                 shown = str(default)
-            rows.append(f"| `{name}` | `{shown}` | {f.metadata['help']} |")
+            shown = f"`{shown}`" if shown else "*(empty)*"
+            rows.append(f"| `{name}` | {shown} | {f.metadata['help']} |")
     return "\n".join(rows)

@@ -30,13 +30,22 @@ class Answer:
     oil_pixels: int | None
 
 
-def probe_image(path: Path) -> tuple[int, int]:
-    """(width, height) of an image, reading only its header."""
+def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of an image, reading only its header; refuses one over max_pixels."""
     try:
         with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        raise UnreadableImage(
+            f"image is far larger than {max_pixels} pixels (OILSPILL_MAX_IMAGE_PIXELS)") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UnreadableImage(f"cannot read image: {exc}") from None
+    if width * height > max_pixels:
+        raise UnreadableImage(f"image is {width}x{height} = {width * height} pixels, over the "
+                              f"limit of {max_pixels} (OILSPILL_MAX_IMAGE_PIXELS)")
+    if width == 0 or height == 0:
+        raise UnreadableImage("image has no pixels")
+    return width, height
 
 
 def read_answer(path: Path, width: int, height: int) -> Answer:

@@ -6,10 +6,12 @@ A rejected upload leaves nothing behind: its folder is removed and no row is wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import aiofiles
@@ -29,6 +31,23 @@ class UploadError(Exception):
 
 class UploadTooLarge(UploadError):
     pass
+
+
+class DiskFull(UploadError):
+    """The data folder's file system is (nearly) full."""
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextlib.contextmanager
+def _disk_full_as_error() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _DISK_FULL_ERRNOS:
+            raise DiskFull(f"no space left for the upload: {exc.strerror}") from None
+        raise
 
 
 class NoImages(UploadError):
@@ -65,15 +84,21 @@ class IncomingUpload:
     the block without a commit (an error, a client that went away) removes everything.
     """
 
-    def __init__(self, store: Store, settings: Settings, active: set[str]) -> None:
+    def __init__(self, store: Store, settings: Settings, active: set[str],
+                 expected_bytes: int | None = None) -> None:
         self._store = store
         self._settings = settings
         self._active = active
+        self._expected_bytes = expected_bytes or 0
         self.job_id = new_id()
         self._paths = JobPaths(settings.jobs_dir, self.job_id)
         self._committed = False
 
     async def __aenter__(self) -> IncomingUpload:
+        free = (await asyncio.to_thread(shutil.disk_usage, self._settings.data_dir)).free
+        if free - self._expected_bytes < self._settings.min_free_bytes:
+            raise DiskFull(f"the server has {free} bytes free, and keeps at least "
+                           f"{self._settings.min_free_bytes} free (OILSPILL_MIN_FREE_BYTES)")
         # Registered first: the orphan sweep leaves a folder alone while its upload arrives.
         self._active.add(self.job_id)
         await asyncio.to_thread(self._paths.root.mkdir, parents=True)
@@ -92,15 +117,16 @@ class IncomingUpload:
         """Write the zip to disk as it arrives; raise UploadTooLarge past the limit."""
         limit = self._settings.max_upload_bytes
         received = 0
-        async with aiofiles.open(self._paths.upload_part, "wb") as out:
-            async for chunk in chunks:
-                received += len(chunk)
-                if received > limit:
-                    raise UploadTooLarge(
-                        f"upload is larger than {limit} bytes (OILSPILL_MAX_UPLOAD_BYTES)")
-                await out.write(chunk)
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
+        with _disk_full_as_error():
+            async with aiofiles.open(self._paths.upload_part, "wb") as out:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > limit:
+                        raise UploadTooLarge(
+                            f"upload is larger than {limit} bytes (OILSPILL_MAX_UPLOAD_BYTES)")
+                    await out.write(chunk)
+                await out.flush()
+                await asyncio.to_thread(os.fsync, out.fileno())
         await asyncio.to_thread(os.replace, self._paths.upload_part, self._paths.upload)
         logger.info("job %s: received %d bytes", self.job_id, received)
         return received
@@ -110,7 +136,8 @@ class IncomingUpload:
 
         Raises NoImages or archive.ArchiveError.
         """
-        unpacked = await asyncio.to_thread(_unpack, self._paths, self._settings)
+        with _disk_full_as_error():
+            unpacked = await asyncio.to_thread(_unpack, self._paths, self._settings)
         if not unpacked.images:
             raise NoImages(unpacked.skipped)
         tasks = [NewTask(id=new_id(), filename=img.filename, stored_name=img.stored_name,

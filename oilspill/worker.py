@@ -29,9 +29,10 @@ class WorkerPool:
     """`workers` claim loops sharing one semaphore of `concurrency` ML calls."""
 
     def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
-                 policy: RetryPolicy, gate: OutageGate, workers: int | None = None,
-                 rng: random.Random | None = None) -> None:
+                 policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
+                 workers: int | None = None, rng: random.Random | None = None) -> None:
         self._store = store
+        self._max_image_pixels = max_image_pixels
         self._ml = ml
         self._jobs_dir = jobs_dir
         self._policy = policy
@@ -126,7 +127,7 @@ class WorkerPool:
         logger.info("job %s task %s: started %s (attempt %d)", task.job_id, task.id,
                     task.filename, task.attempts)
         try:
-            width, height = await asyncio.to_thread(probe_image, image)
+            width, height = await asyncio.to_thread(probe_image, image, self._max_image_pixels)
         except UnreadableImage as exc:
             await self._fail(task, str(exc))
             return

@@ -1,0 +1,113 @@
+"""What wraps every request: the one JSON error shape, the optional token, CORS.
+
+Domain errors are mapped to HTTP statuses in one table here; no other module knows HTTP
+statuses but the handlers' own ApiError.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from . import keys
+from .archive import ArchiveTooLarge, NotAZip
+from .uploads import DiskFull, NoImages, UploadTooLarge
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Domain error -> (HTTP status, error code).
+_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    NotAZip: (400, "not_a_zip"),
+    UploadTooLarge: (413, "upload_too_large"),
+    ArchiveTooLarge: (413, "archive_too_large"),
+    NoImages: (422, "no_images"),
+    DiskFull: (507, "insufficient_storage"),
+}
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
+                 "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large",
+                 415: "unsupported_media_type", 422: "unprocessable", 500: "internal_error",
+                 503: "unavailable", 507: "insufficient_storage"}
+
+_CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+_CORS_HEADERS = "Authorization, Content-Type"
+
+
+class ApiError(Exception):
+    """An answer other than success, raised by a handler."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render every failure in the one JSON error shape; never leak a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason,
+                              {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except Exception as exc:
+        for kind, (status, code) in _ERRORS.items():
+            if isinstance(exc, kind):
+                return error_response(status, code, str(exc))
+        request_id = uuid.uuid4().hex[:12]
+        logger.exception("request %s %s %s failed", request_id, request.method,
+                         request.path[:200])
+        return error_response(500, "internal_error",
+                              f"internal error; quote request id {request_id} to the operator")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With OILSPILL_API_TOKEN set, every /api/ call needs `Authorization: Bearer <token>`."""
+    token = request.app[keys.SETTINGS].api_token
+    if token and request.path.startswith("/api/") and request.method != "OPTIONS":
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of the token was right.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode(), token.encode()):
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>",
+                           {"WWW-Authenticate": 'Bearer realm="oilspill"'})
+    return await handler(request)
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the allowed origins only (OILSPILL_CORS_ORIGINS); none when it is empty."""
+    origin = request.headers.get("Origin", "").rstrip("/")
+    allowed = origin and origin in request.app[keys.SETTINGS].cors_origin_set
+    if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in (
+            request.headers):
+        response: web.StreamResponse = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Allow-Headers": _CORS_HEADERS, "Access-Control-Max-Age": "600"})
+    else:
+        response = await handler(request)
+    if allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    return response
