@@ -13,8 +13,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http import HttpProcessingError
 
-from . import keys
+from . import keys, openapi
 from .jobs import Job, ResultKind, Task
 from .middlewares import ApiError
 from .paths import JobPaths, is_id, job_id_of_archive
@@ -131,8 +132,10 @@ async def upload(request: web.Request) -> web.Response:
                     raise ApiError(400, "too_many_files", "send exactly one part named 'file'")
                 upload_name = _upload_name(part)
                 await incoming.receive(_part_chunks(part))
-        except ValueError as exc:  # malformed multipart framing
-            raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
+        except (ValueError, HttpProcessingError) as exc:  # malformed multipart framing
+            reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+            raise ApiError(400, "bad_multipart",
+                           f"the multipart body is malformed: {reason[:200]}") from None
         if upload_name is None:
             raise ApiError(400, "missing_file", "the form has no part named 'file'")
         if draining.is_set():
@@ -154,10 +157,18 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(task_body(await _load_task(request)))
 
 
-async def get_task_file(request: web.Request) -> web.FileResponse:
-    """GET /api/task/{task_id}/mask or /picture: the stored answer of a done task."""
+async def get_mask(request: web.Request) -> web.FileResponse:
+    """GET /api/task/{task_id}/mask: a done task's mask."""
+    return await _task_file(request, ResultKind.MASK)
+
+
+async def get_picture(request: web.Request) -> web.FileResponse:
+    """GET /api/task/{task_id}/picture: a done task's picture (from a YOLO-style service)."""
+    return await _task_file(request, ResultKind.PICTURE)
+
+
+async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse:
     task = await _load_task(request)
-    kind = ResultKind(request.match_info["kind"])
     missing = ApiError(404, "not_found", f"task {task.id} has no {kind.value}")
     if task.result_kind is not kind or task.result_name is None:
         raise missing
@@ -219,6 +230,11 @@ async def download(request: web.Request) -> web.FileResponse:
         "Content-Disposition": f'attachment; filename="{name}"'})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """GET /api/openapi.json"""
+    return web.json_response(openapi.document())
+
+
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: 200 when the database answers."""
     try:
@@ -236,9 +252,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/api/upload/", upload)
     app.router.add_post("/api/upload", upload)
     app.router.add_get("/api/task/{task_id}", get_task)
-    app.router.add_get("/api/task/{task_id}/{kind:mask|picture}", get_task_file)
+    app.router.add_get("/api/task/{task_id}/mask", get_mask)
+    app.router.add_get("/api/task/{task_id}/picture", get_picture)
     app.router.add_get("/api/job/{job_id}", get_job)
     app.router.add_delete("/api/job/{job_id}", delete_job)
     app.router.add_get("/api/archive/{job_id}", get_archive)
     app.router.add_get("/api/download/{filename}", download)
+    app.router.add_get("/api/openapi.json", openapi_document)
     app.router.add_get("/healthz", healthz)

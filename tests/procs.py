@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.args, self.env, self.cwd = args, env, cwd
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._reader: asyncio.Task[None] | None = None
@@ -53,7 +55,7 @@ class Process:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             *self.args, env=self.env, cwd=self.cwd, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT)
+            stderr=asyncio.subprocess.STDOUT, preexec_fn=self.preexec)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
