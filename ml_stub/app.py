@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiohttp import BodyPartReader, web
+from PIL import Image
 
 from .detector import DetectorOptions, NotAnImage, annotate, decode, detect, encode_png
 
@@ -20,8 +24,9 @@ logger = logging.getLogger(__name__)
 class StubOptions:
     """How the stub behaves.
 
-    latency_ms: extra wait per call. mode: 'mask' (the contract) or 'annotated' (a JPEG, as
-    the original YOLO service answers). max_image_bytes: larger uploads get 413.
+    latency_ms: extra wait per call. mode: 'mask' (the contract), 'annotated' (a JPEG, as
+    the original YOLO service answers) or 'ready' (a fixed mask of the input's size, no
+    computing: for benchmarks). max_image_bytes: larger uploads get 413.
     Fault injection, each a probability per call, all 0 by default: fail_rate answers 503,
     hang_rate never answers, drop_rate closes the connection without an answer. seed makes
     the faults repeatable.
@@ -69,6 +74,24 @@ def _segment(data: bytes, options: StubOptions) -> tuple[bytes, str]:
     return encode_png(mask), "image/png"
 
 
+@functools.lru_cache(maxsize=64)
+def ready_mask(width: int, height: int) -> bytes:
+    """A fixed mask (a diagonal band) of this size, encoded once: for benchmarks, where
+    the service should cost only its latency."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    band = np.abs(xx / max(width, 1) - yy / max(height, 1)) < 0.05
+    return encode_png(Image.fromarray((band * 255).astype(np.uint8), mode="L"))
+
+
+def _ready(data: bytes) -> tuple[bytes, str]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only: no decoding
+            width, height = image.size
+    except (OSError, ValueError) as exc:
+        raise NotAnImage(f"cannot read image: {exc}") from None
+    return ready_mask(width, height), "image/png"
+
+
 async def segment(request: web.Request) -> web.Response:
     options = request.app[OPTIONS]
     data = await _read_file_part(request, options.max_image_bytes)
@@ -86,7 +109,10 @@ async def segment(request: web.Request) -> web.Response:
             request.transport.close()
         raise asyncio.CancelledError  # nothing is answered on a closed connection
     try:
-        body, content_type = await asyncio.to_thread(_segment, data, options)
+        if options.mode == "ready":
+            body, content_type = _ready(data)
+        else:
+            body, content_type = await asyncio.to_thread(_segment, data, options)
     except NotAnImage as exc:
         return _error(422, "not_an_image", str(exc))
     return web.Response(body=body, content_type=content_type)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import fields
 
 from aiohttp import web
 
@@ -24,11 +25,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8002)
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="extra wait per call, in milliseconds (default 0)")
-    parser.add_argument("--mode", choices=("mask", "annotated"), default="mask",
+    parser.add_argument("--mode", choices=("mask", "annotated", "ready"), default="mask",
                         help="mask: the contract's PNG mask; annotated: a JPEG picture, "
-                             "as the original YOLO service answered")
-    parser.add_argument("--k", type=float, default=DetectorOptions.k,
-                        help="dark threshold, in standard deviations below the mean")
+                             "as the original YOLO service answered; ready: a fixed mask "
+                             "of the input's size, no computing (benchmarks)")
+    for f in fields(DetectorOptions):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
+                            default=f.default,
+                            help=f"{f.metadata['help']} (default {f.default})")
     for name, what in (("fail", "answer 503"), ("hang", "never answer"),
                        ("drop", "close the connection without an answer")):
         parser.add_argument(f"--{name}-rate", type=_probability, default=0.0,
@@ -37,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.fail_rate + args.hang_rate + args.drop_rate > 1:
         parser.error("--fail-rate, --hang-rate and --drop-rate add up to more than 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = StubOptions(latency_ms=args.latency_ms, mode=args.mode,
                           fail_rate=args.fail_rate, hang_rate=args.hang_rate,
                           drop_rate=args.drop_rate, seed=args.seed,
-                          detector=DetectorOptions(k=args.k))
+                          detector=DetectorOptions(**{
+                              f.name: getattr(args, f.name) for f in fields(DetectorOptions)}))
     web.run_app(create_app(options), host=args.host, port=args.port, access_log=None,
                 handler_cancellation=True,
                 print=lambda msg: logging.getLogger("ml_stub").info(msg.strip()))

@@ -17,13 +17,13 @@ from aiohttp.test_utils import TestClient
 
 from ml_stub.app import StubOptions
 from ml_stub.app import create_app as create_stub
-from ml_stub.scenes import make_scene, png_bytes
+from ml_stub.scenes import scene_png as make_scene_png
 from oilspill.app import create_app
 from oilspill.config import Settings
 
 
 def scene_png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
-    return png_bytes(make_scene(width, height, seed)[0])
+    return make_scene_png(width, height, seed)
 
 
 def zip_bytes(files: dict[str, bytes]) -> bytes:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ml_stub.scenes import make_scene, png_bytes
+from ml_stub.scenes import scene_png
 
 
 def free_port() -> int:
@@ -37,7 +37,7 @@ def scenes_zip(count: int, size: int = 64) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as zf:
         for i in range(count):
-            zf.writestr(f"scene_{i:04d}.png", png_bytes(make_scene(size, size, seed=i)[0]))
+            zf.writestr(f"scene_{i:04d}.png", scene_png(size, size, seed=i))
     return out.getvalue()
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from .conftest import scene_png, upload, wait_finished, zip_bytes
 
-SIZES = [(64, 48), (80, 80), (33, 97), (120, 40), (50, 50)]
+SIZES = [(200, 150), (256, 256), (130, 300), (320, 180), (160, 160)]
 
 
 async def test_five_images_end_to_end(client):
