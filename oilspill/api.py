@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
@@ -73,8 +74,10 @@ def task_body(task: Task) -> dict[str, Any]:
         link = f"/api/task/{task.id}/{task.result_kind.value}"
         result = {
             "oil_fraction": task.oil_fraction, "oil_pixels": task.oil_pixels,
+            "slick_count": task.slick_count, "largest_slick_px": task.largest_slick_px,
             "width": task.width, "height": task.height,
             "mask_url": link if task.result_kind is ResultKind.MASK else None,
+            "overlay_url": f"/api/task/{task.id}/overlay" if task.has_overlay else None,
             "picture_url": link if task.result_kind is ResultKind.PICTURE else None,
         }
     return {"task_id": task.id, "job_id": task.job_id, "filename": task.filename,
@@ -167,15 +170,27 @@ async def get_picture(request: web.Request) -> web.FileResponse:
     return await _task_file(request, ResultKind.PICTURE)
 
 
+async def get_overlay(request: web.Request) -> web.FileResponse:
+    """GET /api/task/{task_id}/overlay: the input in grey with the oil tinted (PNG)."""
+    task = await _load_task(request)
+    if not task.has_overlay or task.result_name is None:
+        raise ApiError(404, "not_found", f"task {task.id} has no overlay")
+    paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
+    return await _serve_file(paths.overlay(task.result_name), f"task {task.id} has no overlay")
+
+
 async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse:
     task = await _load_task(request)
-    missing = ApiError(404, "not_found", f"task {task.id} has no {kind.value}")
+    missing = f"task {task.id} has no {kind.value}"
     if task.result_kind is not kind or task.result_name is None:
-        raise missing
-    path = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id).result(
-        kind, task.result_name)
+        raise ApiError(404, "not_found", missing)
+    paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
+    return await _serve_file(paths.result(kind, task.result_name), missing)
+
+
+async def _serve_file(path: Path, missing: str) -> web.FileResponse:
     if not await asyncio.to_thread(path.is_file):
-        raise missing
+        raise ApiError(404, "not_found", missing)
     return web.FileResponse(path)
 
 
@@ -254,6 +269,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/task/{task_id}", get_task)
     app.router.add_get("/api/task/{task_id}/mask", get_mask)
     app.router.add_get("/api/task/{task_id}/picture", get_picture)
+    app.router.add_get("/api/task/{task_id}/overlay", get_overlay)
     app.router.add_get("/api/job/{job_id}", get_job)
     app.router.add_delete("/api/job/{job_id}", delete_job)
     app.router.add_get("/api/archive/{job_id}", get_archive)

@@ -73,6 +73,7 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
                            max_delay_s=settings.ml_retry_max_s),
         gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
         max_image_pixels=settings.max_image_pixels,
+        overlay_max_px=settings.overlay_max_px,
         rng=random.Random())
     app[keys.POOL] = pool
     pool.start()

@@ -39,7 +39,7 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 SUMMARY_FIELDS = ("filename", "status", "width", "height", "oil_fraction", "oil_pixels",
-                  "result", "error")
+                  "slick_count", "largest_slick_px", "result", "overlay", "error")
 
 
 class ArchiveError(Exception):
@@ -189,44 +189,87 @@ def _unpack_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, images_
     return UnpackedImage(filename=name, stored_name=stored, content_type=content_type)
 
 
-def _zip_names(tasks: Sequence[Task]) -> dict[str, str]:
-    """Unique names in the result zip for each done task's file, from its original path."""
+README_TXT = """\
+oilspill results
+================
+
+masks/<image>.png     one per image the ML service segmented: one channel, the image's
+                      width and height, 0 = sea, 255 = oil. <image> is the image's path in
+                      your upload, its extension replaced (a clash gets ~2, ~3 ...).
+overlays/<image>.png  the same image in grey with the oil tinted orange, for looking at;
+                      its longest side is at most OILSPILL_OVERLAY_MAX_PX.
+results/<image>.<ext> pictures an ML service sent instead of masks (an annotated JPEG from
+                      a YOLO-style service); no statistics are computed for them.
+summary.csv           one row per image of the upload:
+summary.json            filename           the image's path in the upload
+                        status             done or failed
+                        width, height      in pixels
+                        oil_fraction       oil pixels / all pixels, 0..1
+                        oil_pixels         pixels marked oil in the mask
+                        slick_count        separate slicks (8-connected areas of oil)
+                        largest_slick_px   pixels of the largest slick
+                        result, overlay    its files in this zip
+                        error              why it failed, for a failed image
+"""
+
+
+def _zip_stems(tasks: Sequence[Task]) -> dict[str, str]:
+    """A unique name in the result zip for each done task, from its path in the upload."""
     used: set[str] = set()
-    names: dict[str, str] = {}
+    stems: dict[str, str] = {}
     for task in tasks:
         if task.result_kind is None or task.result_name is None:
             continue
-        folder = "masks" if task.result_kind is ResultKind.MASK else "results"
-        stem = str(PurePosixPath(task.filename).with_suffix(""))
-        ext = PurePosixPath(task.result_name).suffix
-        candidate, n = f"{folder}/{stem}{ext}", 1
-        while candidate in used:
+        base = str(PurePosixPath(task.filename).with_suffix(""))
+        stem, n = base, 1
+        while stem in used:
             n += 1
-            candidate = f"{folder}/{stem}~{n}{ext}"
-        used.add(candidate)
-        names[task.id] = candidate
-    return names
+            stem = f"{base}~{n}"
+        used.add(stem)
+        stems[task.id] = stem
+    return stems
 
 
-def summary_rows(tasks: Sequence[Task], names: dict[str, str]) -> list[dict[str, object]]:
-    return [{
-        "filename": t.filename, "status": t.status.value, "width": t.width,
-        "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
-        "result": names.get(t.id), "error": t.error,
-    } for t in tasks]
+def _entries(task: Task, stem: str | None) -> tuple[str | None, str | None]:
+    """(result, overlay) paths in the zip of a task."""
+    if stem is None or task.result_name is None:
+        return None, None
+    if task.result_kind is ResultKind.MASK:
+        return f"masks/{stem}.png", f"overlays/{stem}.png" if task.has_overlay else None
+    return f"results/{stem}{PurePosixPath(task.result_name).suffix}", None
+
+
+def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for t in tasks:
+        result, overlay = _entries(t, stems.get(t.id))
+        rows.append({
+            "filename": t.filename, "status": t.status.value, "width": t.width,
+            "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
+            "slick_count": t.slick_count, "largest_slick_px": t.largest_slick_px,
+            "result": result, "overlay": overlay, "error": t.error,
+        })
+    return rows
 
 
 def build_result_zip(paths: JobPaths, tasks: Sequence[Task]) -> Path:
-    """Write the job's result zip (masks/, results/, summary.csv, summary.json) atomically."""
-    names = _zip_names(tasks)
-    rows = summary_rows(tasks, names)
+    """Write the job's result zip (masks/, overlays/, results/, summary.csv, summary.json,
+    README.txt) atomically."""
+    stems = _zip_stems(tasks)
+    rows = summary_rows(tasks, stems)
     target = paths.archive
     partial = target.with_name(target.name + ".part")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", README_TXT)
         for task in tasks:
-            if task.id in names and task.result_kind and task.result_name:
-                # PNG and JPEG are compressed already: store them as they are.
-                zf.write(paths.result(task.result_kind, task.result_name), names[task.id],
+            result, overlay = _entries(task, stems.get(task.id))
+            if result is None or task.result_kind is None or task.result_name is None:
+                continue
+            # PNG and JPEG are compressed already: store them as they are.
+            zf.write(paths.result(task.result_kind, task.result_name), result,
+                     compress_type=zipfile.ZIP_STORED)
+            if overlay:
+                zf.write(paths.overlay(task.result_name), overlay,
                          compress_type=zipfile.ZIP_STORED)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")

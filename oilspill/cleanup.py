@@ -56,7 +56,7 @@ def _orphan_folders(jobs_dir: Path, known: set[str], min_age_s: float) -> list[P
 def _remove_partials(jobs_dir: Path) -> int:
     """Remove `.part` files that a crashed process left in job folders."""
     removed = 0
-    for pattern in ("*/*.part", "*/masks/.*.part"):
+    for pattern in ("*/*.part", "*/masks/.*.part", "*/overlays/.*.part"):
         for path in jobs_dir.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

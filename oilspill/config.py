@@ -64,6 +64,10 @@ class Settings:
         "OILSPILL_MAX_IMAGE_PIXELS", 100_000_000,
         "Largest image, in pixels (width x height); larger images become failed tasks. "
         "Pillow's decompression-bomb guard is set to match.", 1)
+    overlay_max_px: int = _setting(
+        "OILSPILL_OVERLAY_MAX_PX", 1024,
+        "Longest side of the overlay pictures (the input in grey with the oil tinted).",
+        16, 16384)
     max_zip_entries: int = _setting(
         "OILSPILL_MAX_ZIP_ENTRIES", 10_000, "Most entries an uploaded zip may have.", 1)
     max_unpacked_bytes: int = _setting(

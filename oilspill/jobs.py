@@ -46,7 +46,8 @@ class Task:
     stored_name: the file's safe name under the job's `images/` folder.
     attempts: how many times a worker has claimed it (0 while never run).
     result_name: the file under the job's `masks/` or `results/` folder, once done.
-    oil_pixels / oil_fraction: None unless result_kind is MASK.
+    oil_pixels / oil_fraction / slick_count / largest_slick_px: None unless result_kind is
+    MASK; an overlay (the input with the oil tinted) is kept beside every mask.
     """
 
     id: str
@@ -68,6 +69,13 @@ class Task:
     oil_fraction: float | None
     error: str | None
     not_before: float | None = None
+    slick_count: int | None = None
+    largest_slick_px: int | None = None
+
+    @property
+    def has_overlay(self) -> bool:
+        """Done with a mask: an overlay was drawn beside it."""
+        return self.result_kind is ResultKind.MASK and self.result_name is not None
 
     def retryable(self, policy: RetryPolicy) -> bool:
         """True while the task has attempts left under the policy."""
@@ -162,3 +170,5 @@ class TaskOutcome:
     result_name: str
     oil_pixels: int | None = None
     oil_fraction: float | None = None
+    slick_count: int | None = None
+    largest_slick_px: int | None = None

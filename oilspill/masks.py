@@ -1,4 +1,4 @@
-"""Reading images and the ML service's answers: sizes, mask statistics.
+"""Reading images and the ML service's answers: sizes, mask statistics, overlays.
 
 Blocking: run in a thread.
 """
@@ -8,26 +8,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
 
 from .jobs import ResultKind
 
 # Pillow's format name -> the extension a picture result is stored with.
 _PICTURE_EXT = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
 OIL_LEVEL = 128  # mask pixels at or above this are oil (the contract says 255; be lenient)
+# Okabe-Ito orange: stands out on grey sea for every common kind of colour blindness.
+TINT_RGB = np.array([230, 159, 0], np.float32)
+TINT_ALPHA = 0.55
+_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
 
 
 class UnreadableImage(Exception):
-    """The file is not an image Pillow can decode."""
+    """The file is not an image Pillow can decode, or is over the pixel limit."""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """What the ML service's answer turned out to be."""
+    """What the ML service's answer turned out to be.
+
+    For a mask: oil_pixels, slick_count (8-connected components) and largest_slick_px;
+    all None for a picture.
+    """
 
     kind: ResultKind
     extension: str  # ".png" for masks
-    oil_pixels: int | None
+    oil_pixels: int | None = None
+    slick_count: int | None = None
+    largest_slick_px: int | None = None
 
 
 def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
@@ -48,6 +60,11 @@ def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
+def oil_of(mask: np.ndarray) -> np.ndarray:
+    """The oil pixels (bool) of a mask image's array."""
+    return np.asarray(mask >= OIL_LEVEL)
+
+
 def read_answer(path: Path, width: int, height: int) -> Answer:
     """Classify the ML service's answer for a width x height input.
 
@@ -58,9 +75,45 @@ def read_answer(path: Path, width: int, height: int) -> Answer:
     try:
         with Image.open(path) as image:
             if image.format == "PNG" and image.mode in ("L", "1") and image.size == (width, height):
-                histogram = image.convert("L").histogram()
-                return Answer(ResultKind.MASK, ".png", sum(histogram[OIL_LEVEL:]))
+                oil = oil_of(np.asarray(image.convert("L")))
+                labels, count = ndimage.label(oil, structure=_EIGHT_NEIGHBOURS)
+                sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0, np.int64)
+                return Answer(ResultKind.MASK, ".png", int(oil.sum()), int(count),
+                              int(sizes.max()) if count else 0)
             image.load()  # make sure it decodes, not only its header
-            return Answer(ResultKind.PICTURE, _PICTURE_EXT.get(image.format or "", ".img"), None)
+            return Answer(ResultKind.PICTURE, _PICTURE_EXT.get(image.format or "", ".img"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"the ML service's answer is not an image: {exc}") from None
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    """8-bit grey for display: 1st to 99th percentile stretched over 0..255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image.convert("F"), np.float32)
+    else:
+        values = np.asarray(image.convert("L"), np.float32)
+    low, high = np.percentile(values, (1, 99))
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return np.asarray(np.clip((values - low) * scale, 0, 255), np.float32)
+
+
+def render_overlay(image_path: Path, mask_path: Path, out_path: Path, max_px: int) -> None:
+    """Write a PNG of the input in grey with the oil tinted, longest side at most max_px."""
+    with Image.open(image_path) as source:
+        source.draft("L", (max_px, max_px))  # JPEG: decode at a reduced size
+        factor = max(1, -(-max(source.size) // max_px))  # ceil
+        image: Image.Image = source
+        if factor > 1 and source.mode not in ("I;16", "I;16B", "I;16L"):
+            image = source.reduce(factor)
+        grey = _grey(image)
+    display = Image.fromarray(grey.astype(np.uint8))
+    if max(display.size) > max_px:
+        display.thumbnail((max_px, max_px))
+        grey = np.asarray(display, np.float32)
+    with Image.open(mask_path) as mask_image:
+        mask = mask_image.convert("L").resize(display.size, Image.Resampling.NEAREST)
+    oil = oil_of(np.asarray(mask))[..., None]
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    tinted = rgb * (1 - TINT_ALPHA) + TINT_RGB * TINT_ALPHA
+    out = np.where(oil, tinted, rgb).astype(np.uint8)
+    Image.fromarray(out, mode="RGB").save(out_path, format="PNG", compress_level=1)

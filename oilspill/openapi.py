@@ -56,11 +56,14 @@ _SCHEMAS: dict[str, Any] = {
     },
     "TaskResult": {
         "type": ["object", "null"],
-        "required": ["oil_fraction", "oil_pixels", "width", "height", "mask_url",
-                     "picture_url"],
+        "required": ["oil_fraction", "oil_pixels", "slick_count", "largest_slick_px", "width",
+                     "height", "mask_url", "overlay_url", "picture_url"],
         "properties": {
             "oil_fraction": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "oil_pixels": {"type": ["integer", "null"], "minimum": 0},
+            "slick_count": {"type": ["integer", "null"], "minimum": 0},
+            "largest_slick_px": {"type": ["integer", "null"], "minimum": 0},
+            "overlay_url": {"type": ["string", "null"]},
             "width": {"type": "integer"}, "height": {"type": "integer"},
             "mask_url": {"type": ["string", "null"]},
             "picture_url": {"type": ["string", "null"]}},
@@ -135,6 +138,9 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(_ref("Task"), "The task"), **_errors(*_COMMON, 410)}}},
         "/api/task/{task_id}/mask": {"get": {"summary": "A done task's mask (PNG)",
                                              **task_file}},
+        "/api/task/{task_id}/overlay": {"get": {
+            "summary": "A done task's overlay: the input in grey, the oil tinted (PNG)",
+            **task_file}},
         "/api/task/{task_id}/picture": {"get": {
             "summary": "A done task's picture, when the ML service answered with one",
             **task_file}},

@@ -71,6 +71,14 @@ class JobPaths:
         return self.root / "results"
 
     @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    def overlay(self, result_name: str) -> Path:
+        """The overlay drawn for a mask (same name, in overlays/)."""
+        return self.overlays / result_name
+
+    @property
     def archive(self) -> Path:
         return self.root / archive_name(self.job_id)
 

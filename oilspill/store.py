@@ -73,6 +73,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tombstones_by_age ON tombstones(deleted_at);
     CREATE INDEX jobs_by_finished ON jobs(finished_at);
     """,
+    """
+    -- Slicks in a done task's mask: 8-connected components, and the largest one's pixels.
+    ALTER TABLE tasks ADD COLUMN slick_count INTEGER;
+    ALTER TABLE tasks ADD COLUMN largest_slick_px INTEGER;
+    """,
 )
 
 
@@ -102,6 +107,7 @@ def _task(row: aiosqlite.Row) -> Task:
         result_kind=ResultKind(row["result_kind"]) if row["result_kind"] else None,
         result_name=row["result_name"], oil_pixels=row["oil_pixels"],
         oil_fraction=row["oil_fraction"], error=row["error"], not_before=row["not_before"],
+        slick_count=row["slick_count"], largest_slick_px=row["largest_slick_px"],
     )
 
 
@@ -260,6 +266,7 @@ class Store:
             "width": outcome.width, "height": outcome.height,
             "result_kind": outcome.result_kind.value, "result_name": outcome.result_name,
             "oil_pixels": outcome.oil_pixels, "oil_fraction": outcome.oil_fraction,
+            "slick_count": outcome.slick_count, "largest_slick_px": outcome.largest_slick_px,
             "error": None,
         })
 
@@ -268,7 +275,8 @@ class Store:
         """Record why a running task failed; finishes its job if it was the last one."""
         await self._finish_task(task_id, TaskStatus.FAILED, {
             "width": width, "height": height, "result_kind": None, "result_name": None,
-            "oil_pixels": None, "oil_fraction": None, "error": error,
+            "oil_pixels": None, "oil_fraction": None, "slick_count": None,
+            "largest_slick_px": None, "error": error,
         })
 
     async def _finish_task(self, task_id: str, status: TaskStatus, values: dict[str, Any]) -> None:
@@ -277,7 +285,9 @@ class Store:
             async with db.execute(
                 "UPDATE tasks SET status = :status, finished_at = :now, width = :width,"
                 " height = :height, result_kind = :result_kind, result_name = :result_name,"
-                " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction, error = :error"
+                " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction,"
+                " slick_count = :slick_count, largest_slick_px = :largest_slick_px,"
+                " error = :error"
                 " WHERE id = :id AND status = 'running' RETURNING job_id",
                 params,
             ) as cur:

@@ -15,8 +15,8 @@ import random
 import time
 from pathlib import Path
 
-from .jobs import RetryPolicy, Task, TaskOutcome
-from .masks import UnreadableImage, probe_image, read_answer
+from .jobs import ResultKind, RetryPolicy, Task, TaskOutcome
+from .masks import Answer, UnreadableImage, probe_image, read_answer, render_overlay
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
 from .paths import JobPaths
@@ -30,9 +30,11 @@ class WorkerPool:
 
     def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
-                 workers: int | None = None, rng: random.Random | None = None) -> None:
+                 overlay_max_px: int, workers: int | None = None,
+                 rng: random.Random | None = None) -> None:
         self._store = store
         self._max_image_pixels = max_image_pixels
+        self._overlay_max_px = overlay_max_px
         self._ml = ml
         self._jobs_dir = jobs_dir
         self._policy = policy
@@ -139,10 +141,9 @@ class WorkerPool:
             async with self._calls:
                 await self._ml.segment(image, task.filename, task.content_type, partial)
             self._gate.record_success()
-            answer = await asyncio.to_thread(read_answer, partial, width, height)
-            result_name = f"{task.seq:06d}{answer.extension}"
-            await asyncio.to_thread(_move_into_place, partial,
-                                    paths.result(answer.kind, result_name))
+            answer, result_name = await asyncio.to_thread(
+                _keep_answer, partial, image, width, height, paths, task,
+                self._overlay_max_px)
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()
@@ -156,7 +157,8 @@ class WorkerPool:
         fraction = answer.oil_pixels / (width * height) if answer.oil_pixels is not None else None
         await self._store.mark_task_done(task.id, TaskOutcome(
             width=width, height=height, result_kind=answer.kind, result_name=result_name,
-            oil_pixels=answer.oil_pixels, oil_fraction=fraction))
+            oil_pixels=answer.oil_pixels, oil_fraction=fraction,
+            slick_count=answer.slick_count, largest_slick_px=answer.largest_slick_px))
         logger.info("job %s task %s: done, %s, oil fraction %s", task.job_id, task.id,
                     answer.kind.value, "n/a" if fraction is None else f"{fraction:.4f}")
 
@@ -175,6 +177,23 @@ class WorkerPool:
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
         await self._store.mark_task_failed(task.id, reason, width, height)
+
+
+def _keep_answer(partial: Path, image: Path, width: int, height: int, paths: JobPaths,
+                 task: Task, overlay_max_px: int) -> tuple[Answer, str]:
+    """Classify the answer, draw the overlay of a mask, and move both into place."""
+    answer = read_answer(partial, width, height)
+    result_name = f"{task.seq:06d}{answer.extension}"
+    if answer.kind is ResultKind.MASK:
+        paths.overlays.mkdir(exist_ok=True)
+        overlay_partial = paths.overlays / f".{task.id}.part"
+        try:
+            render_overlay(image, partial, overlay_partial, overlay_max_px)
+            _move_into_place(overlay_partial, paths.overlay(result_name))
+        finally:
+            _remove_if_present(overlay_partial)
+    _move_into_place(partial, paths.result(answer.kind, result_name))
+    return answer, result_name
 
 
 def _move_into_place(partial: Path, final: Path) -> None:
