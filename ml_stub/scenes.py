@@ -143,10 +143,11 @@ def scene_png(width: int, height: int, seed: int, **kwargs: int) -> bytes:
 
 
 def write_zip(path: Path, count: int, size: tuple[int, int] = (256, 256), seed: int = 0,
-              with_masks: bool = False, tiff_every: int = 0) -> list[str]:
+              with_masks: bool = False, tiff_every: int = 0) -> dict[str, float]:
     """A zip of `count` scenes named scene_000.png …; every `tiff_every`-th one a 16-bit
-    TIFF instead. With `with_masks`, the true masks beside them as truth/<name>.png."""
-    names = []
+    TIFF instead. With `with_masks`, the true masks beside them as truth/<name>.png.
+    Returns each scene's true oil fraction by name."""
+    truth: dict[str, float] = {}
     with zipfile.ZipFile(path, "w") as zf:
         for i in range(count):
             scene = make_scene(*size, seed=seed + i)
@@ -159,5 +160,5 @@ def write_zip(path: Path, count: int, size: tuple[int, int] = (256, 256), seed: 
             if with_masks:
                 mask = (scene.truth * 255).astype(np.uint8)
                 zf.writestr(f"truth/scene_{i:03d}.png", encode(mask, "PNG"))
-            names.append(name)
-    return names
+            truth[name] = float(scene.truth.mean())
+    return truth

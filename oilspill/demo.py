@@ -39,8 +39,8 @@ async def run_demo(out_dir: Path, images: int, settings: Settings) -> dict[str, 
     started = time.monotonic()
     await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     zip_path = out_dir / "demo-images.zip"
-    await asyncio.to_thread(write_zip, zip_path, images, (384, 384), 7)
-    print(f"made {zip_path} with {images} generated sea scenes")
+    truth = await asyncio.to_thread(write_zip, zip_path, images, (384, 384), 7, False, 3)
+    print(f"made {zip_path} with {images} generated SAR-like sea scenes (PNG and 16-bit TIFF)")
     async with ml_stub_running(LOOPBACK, 0) as ml_url:
         settings = settings.with_changes(ml_service_url=ml_url, data_dir=out_dir / "data")
         runner, base = await _serve(settings)
@@ -65,10 +65,12 @@ async def run_demo(out_dir: Path, images: int, settings: Settings) -> dict[str, 
             await runner.cleanup()
     with zipfile.ZipFile(result) as zf:
         rows = json.loads(zf.read("summary.json"))
-    print(f"result zip: {result.resolve()}")
+    print(f"result zip: {result.resolve()} (masks/, overlays/, summary.csv, README.txt)")
+    print(f"  {'image':24} {'status':7} {'oil found':>9} {'true oil':>9} {'slicks':>6}")
     for row in rows:
         fraction = row["oil_fraction"]
         shown = f"{fraction:7.2%}" if fraction is not None else "    n/a"
-        print(f"  {row['filename']:24} {row['status']:7} oil {shown}")
+        print(f"  {row['filename']:24} {row['status']:7} {shown:>9} "
+              f"{truth.get(row['filename'], 0):9.2%} {row['slick_count'] or 0:6}")
     print(f"demo finished in {time.monotonic() - started:.1f} s")
     return {"result": str(result), "rows": rows}
