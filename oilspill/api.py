@@ -258,9 +258,11 @@ async def healthz(request: web.Request) -> web.Response:
         logger.error("health check: database unreachable: %s", exc)
         raise ApiError(503, "database_unavailable", "the database does not answer") from None
     reachable = request.app[keys.POOL].ml_reachable
-    return web.json_response({"status": "ok", "database": "ok",
-                              "ml_service": "reachable" if reachable else "unreachable",
-                              "ml_service_url": request.app[keys.ML_CLIENT].base_url})
+    return web.json_response({
+        "status": "ok", "database": "ok",
+        "ml_service": "reachable" if reachable else "unreachable",
+        "ml_service_url": request.app[keys.ML_CLIENT].base_url,
+        "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2)})
 
 
 def setup_routes(app: web.Application) -> None:

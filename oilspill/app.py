@@ -21,6 +21,7 @@ from .api import setup_routes
 from .cleanup import Retention, recover_files
 from .config import Settings
 from .jobs import RetryPolicy
+from .looplag import LoopLagMonitor
 from .middlewares import auth_middleware, cors_middleware, error_middleware
 from .ml_client import MLClient
 from .outage import OutageGate
@@ -29,6 +30,14 @@ from .store import Store
 from .worker import WorkerPool
 
 logger = logging.getLogger(__name__)
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    monitor = LoopLagMonitor()
+    app[keys.LOOP_LAG] = monitor
+    monitor.start()
+    yield
+    await monitor.stop()
 
 
 async def _data_dir(app: web.Application) -> AsyncIterator[None]:
@@ -112,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.DRAINING] = asyncio.Event()
     app[keys.ACTIVE_UPLOADS] = set()
+    app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_data_dir)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_ml_client)

@@ -5,6 +5,7 @@ Blocking: run in a thread.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class Answer:
     oil_pixels: int | None = None
     slick_count: int | None = None
     largest_slick_px: int | None = None
+    oil: np.ndarray | None = None  # the mask's oil pixels, kept for drawing the overlay
 
 
 def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
@@ -79,7 +81,7 @@ def read_answer(path: Path, width: int, height: int) -> Answer:
                 labels, count = ndimage.label(oil, structure=_EIGHT_NEIGHBOURS)
                 sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0, np.int64)
                 return Answer(ResultKind.MASK, ".png", int(oil.sum()), int(count),
-                              int(sizes.max()) if count else 0)
+                              int(sizes.max()) if count else 0, oil)
             image.load()  # make sure it decodes, not only its header
             return Answer(ResultKind.PICTURE, _PICTURE_EXT.get(image.format or "", ".img"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -87,18 +89,37 @@ def read_answer(path: Path, width: int, height: int) -> Answer:
 
 
 def _grey(image: Image.Image) -> np.ndarray:
-    """8-bit grey for display: 1st to 99th percentile stretched over 0..255."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image.convert("F"), np.float32)
-    else:
-        values = np.asarray(image.convert("L"), np.float32)
-    low, high = np.percentile(values, (1, 99))
+    """8-bit grey for display. 8-bit images are shown as they are (quick-looks are scaled
+    for viewing already); deeper ones have their 1st to 99th percentile stretched."""
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.asarray(image if image.mode == "L" else image.convert("L"))
+    values = np.asarray(image.convert("F"), np.float32)
+    step = max(1, int(np.sqrt(values.size / 4096)))
+    low, high = np.percentile(values[::step, ::step], (1, 99))
     scale = 255.0 / (high - low) if high > low else 0.0
-    return np.asarray(np.clip((values - low) * scale, 0, 255), np.float32)
+    return np.asarray(np.clip((values - low) * scale, 0, 255), np.uint8)
 
 
-def render_overlay(image_path: Path, mask_path: Path, out_path: Path, max_px: int) -> None:
-    """Write a PNG of the input in grey with the oil tinted, longest side at most max_px."""
+def _overlay_palette() -> list[int]:
+    """128 greys, then the same 128 greys tinted: index = grey // 2 + 128 * oil."""
+    palette: list[int] = []
+    for tinted in (False, True):
+        for level in range(128):
+            grey = np.full(3, level * 255 / 127, np.float32)
+            rgb = grey * (1 - TINT_ALPHA) + TINT_RGB * TINT_ALPHA if tinted else grey
+            palette.extend(round(float(c)) for c in rgb)
+    return palette
+
+
+OVERLAY_PALETTE = _overlay_palette()
+
+
+def render_overlay(image_path: Path, oil: np.ndarray, out_path: Path, max_px: int) -> None:
+    """Write a PNG of the input in grey with the oil tinted, longest side at most max_px.
+
+    A palette image (128 greys and their tinted twins) compressed with Huffman coding only:
+    a third of the bytes of RGB to compress, and noisy sea scenes gain little from more.
+    """
     with Image.open(image_path) as source:
         source.draft("L", (max_px, max_px))  # JPEG: decode at a reduced size
         factor = max(1, -(-max(source.size) // max_px))  # ceil
@@ -106,14 +127,14 @@ def render_overlay(image_path: Path, mask_path: Path, out_path: Path, max_px: in
         if factor > 1 and source.mode not in ("I;16", "I;16B", "I;16L"):
             image = source.reduce(factor)
         grey = _grey(image)
-    display = Image.fromarray(grey.astype(np.uint8))
-    if max(display.size) > max_px:
-        display.thumbnail((max_px, max_px))
-        grey = np.asarray(display, np.float32)
-    with Image.open(mask_path) as mask_image:
-        mask = mask_image.convert("L").resize(display.size, Image.Resampling.NEAREST)
-    oil = oil_of(np.asarray(mask))[..., None]
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    tinted = rgb * (1 - TINT_ALPHA) + TINT_RGB * TINT_ALPHA
-    out = np.where(oil, tinted, rgb).astype(np.uint8)
-    Image.fromarray(out, mode="RGB").save(out_path, format="PNG", compress_level=1)
+    if max(grey.shape) > max_px:
+        thumb = Image.fromarray(grey)
+        thumb.thumbnail((max_px, max_px))
+        grey = np.asarray(thumb)
+    height, width = grey.shape
+    if oil.shape != grey.shape:
+        oil = np.asarray(Image.fromarray(oil).resize((width, height), Image.Resampling.NEAREST))
+    index = (grey >> 1) | (oil.astype(np.uint8) << 7)
+    overlay = Image.frombytes("P", (width, height), index.astype(np.uint8).tobytes())
+    overlay.putpalette(OVERLAY_PALETTE)
+    overlay.save(out_path, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)

@@ -101,10 +101,14 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"archive_url": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "database", "ml_service", "ml_service_url"],
+        "type": "object", "required": ["status", "database", "ml_service", "ml_service_url",
+                                       "loop_lag_max_ms"],
         "properties": {"status": {"const": "ok"}, "database": {"const": "ok"},
                        "ml_service": {"enum": ["reachable", "unreachable"]},
-                       "ml_service_url": {"type": "string"}},
+                       "ml_service_url": {"type": "string"},
+                       "loop_lag_max_ms": {"type": "number", "minimum": 0,
+                                           "description": "largest event-loop stall since "
+                                                          "start, in milliseconds"}},
     },
 }
 

@@ -15,7 +15,7 @@ import random
 import time
 from pathlib import Path
 
-from .jobs import ResultKind, RetryPolicy, Task, TaskOutcome
+from .jobs import RetryPolicy, Task, TaskOutcome
 from .masks import Answer, UnreadableImage, probe_image, read_answer, render_overlay
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
@@ -184,11 +184,11 @@ def _keep_answer(partial: Path, image: Path, width: int, height: int, paths: Job
     """Classify the answer, draw the overlay of a mask, and move both into place."""
     answer = read_answer(partial, width, height)
     result_name = f"{task.seq:06d}{answer.extension}"
-    if answer.kind is ResultKind.MASK:
+    if answer.oil is not None:
         paths.overlays.mkdir(exist_ok=True)
         overlay_partial = paths.overlays / f".{task.id}.part"
         try:
-            render_overlay(image, partial, overlay_partial, overlay_max_px)
+            render_overlay(image, answer.oil, overlay_partial, overlay_max_px)
             _move_into_place(overlay_partial, paths.overlay(result_name))
         finally:
             _remove_if_present(overlay_partial)

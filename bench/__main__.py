@@ -1,0 +1,3 @@
+from .backend import main
+
+main()
