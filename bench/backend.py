@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from ml_stub.scenes import scene_png
+from oilspill.ml_client import MLClient
 from tests.procs import Process, free_port, server_process, stub_process, wait_http
 
 OUT = Path(__file__).with_name("results.json")
@@ -109,6 +110,11 @@ class Stack:
         assert self.server and self.server.proc
         return self.server.proc.pid
 
+    @property
+    def stub_pid(self) -> int:
+        assert self.stub and self.stub.proc
+        return self.stub.proc.pid
+
 
 async def wait_until_healthy(url: str, proc: Process, timeout_s: float = 30) -> None:
     """Like wait_http, polling every 2 ms, for a fair start-up time."""
@@ -166,13 +172,17 @@ async def throughput_run(workdir: Path, count: int, size: int, latency_ms: float
     async with Stack(workdir, latency_ms, concurrency) as stack:
         async with aiohttp.ClientSession() as session:
             cpu_before = cpu_s(stack.pid)
+            stub_before = cpu_s(stack.stub_pid)
+            client_before = time.process_time()
             accepted = await upload(session, stack.base, data)
-            stop, latencies = asyncio.Event(), []
+            stop, latencies = asyncio.Event(), list[float]()
             poller = asyncio.create_task(poll_status(
                 stack.base, accepted["job_id"], accepted["task_ids"], stop, latencies, 0.005)
             ) if poll else None
             job = await wait_finished(session, stack.base, accepted["job_id"])
             cpu = cpu_s(stack.pid) - cpu_before
+            stub_cpu = cpu_s(stack.stub_pid) - stub_before
+            client_cpu = time.process_time() - client_before
             stop.set()
             if poller:
                 await poller
@@ -184,12 +194,17 @@ async def throughput_run(workdir: Path, count: int, size: int, latency_ms: float
             archive_s = time.perf_counter() - start
     elapsed = seconds(job["finished_at"]) - seconds(job["created_at"])
     limit = concurrency / (latency_ms / 1000) if latency_ms else float("inf")
+    bare = await bare_client_run(workdir, count, size, latency_ms, concurrency) if poll else 0
     result = {
         "images": count, "size_px": size, "latency_ms": latency_ms,
         "concurrency": concurrency, "done": job["done"], "failed": job["failed"],
         "seconds": elapsed, "images_per_s": count / elapsed, "limit_per_s": limit,
         "ratio_to_limit": (count / elapsed) / limit if latency_ms else None,
+        "bare_client_images_per_s": bare,
+        "ratio_to_bare_client": (count / elapsed) / bare if bare else None,
         "server_cpu_s": cpu, "cpu_ms_per_image": cpu / count * 1000,
+        "stub_cpu_ms_per_image": stub_cpu / count * 1000,
+        "bench_client_cpu_ms_per_image": client_cpu / count * 1000,
         "loop_lag_max_ms": health["loop_lag_max_ms"], "archive_s": archive_s,
         "archive_ms_per_image": archive_s / count * 1000,
     }
@@ -199,6 +214,33 @@ async def throughput_run(workdir: Path, count: int, size: int, latency_ms: float
         result["status_p99_ms"] = pct(latencies, 0.99)
         result["status_max_ms"] = max(latencies) if latencies else 0.0
     return result
+
+
+async def bare_client_run(workdir: Path, count: int, size: int, latency_ms: float,
+                          concurrency: int) -> float:
+    """Images a second that a client doing nothing but the ML calls gets from the same stub:
+    what the machine allows, before any backend work."""
+    pngs = [scene_png(size, size, seed) for seed in range(20)]
+    port = free_port()
+    stub = stub_process(port, workdir, "--mode", "ready", "--latency-ms", str(latency_ms))
+    await stub.start()
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/health", stub)
+        async with aiohttp.ClientSession() as session:
+            ml = MLClient(session, f"http://127.0.0.1:{port}", 60, 10, 2**28)
+            slots = asyncio.Semaphore(concurrency)
+            spill = workdir / "spill.part"
+
+            async def call(i: int) -> None:
+                async with slots:
+                    await ml.segment(pngs[i % len(pngs)], f"{i}.png", "image/png", spill)
+
+            await call(0)
+            start = time.perf_counter()
+            await asyncio.gather(*(call(i) for i in range(count)))
+            return count / (time.perf_counter() - start)
+    finally:
+        await stub.kill()
 
 
 async def big_zip_stream(total_bytes: int, entry_bytes: int) -> AsyncIterator[bytes]:
@@ -289,7 +331,13 @@ def table(results: dict[str, Any]) -> str:
                      f"{t['images_per_s']:7.1f} img/s of a {t['limit_per_s']:.0f} limit "
                      f"= {t['ratio_to_limit']:.1%}   ({t['images']} images, {t['seconds']:.2f} s"
                      f", {t['failed']} failed)")
-    lines.append(f"backend CPU per image (C=8 run): {t8['cpu_ms_per_image']:.2f} ms")
+        lines.append(f"    a bare client making only the ML calls gets "
+                     f"{t['bare_client_images_per_s']:.1f} img/s = "
+                     f"{t['bare_client_images_per_s'] / t['limit_per_s']:.1%} of the limit; "
+                     f"the backend reaches {t['ratio_to_bare_client']:.1%} of that")
+    lines.append(f"backend CPU per image (C=8 run): {t8['cpu_ms_per_image']:.2f} ms "
+                 f"(the stub: {t8['stub_cpu_ms_per_image']:.2f} ms, the bench client: "
+                 f"{t8['bench_client_cpu_ms_per_image']:.2f} ms, on {os.cpu_count()} cores)")
     lines.append(f"status calls under load: p50 {t8['status_p50_ms']:.2f} ms, "
                  f"p99 {t8['status_p99_ms']:.2f} ms, max {t8['status_max_ms']:.2f} ms "
                  f"({t8['status_calls']} calls); largest loop stall "

@@ -18,6 +18,7 @@ from aiohttp.http import HttpProcessingError
 
 from . import keys, openapi
 from .jobs import Job, ResultKind, Task
+from .masks import UnreadableImage, ensure_overlay
 from .middlewares import ApiError
 from .paths import JobPaths, is_id, job_id_of_archive
 from .results import JobNotFinished
@@ -176,7 +177,14 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
     if not task.has_overlay or task.result_name is None:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
-    return await _serve_file(paths.overlay(task.result_name), f"task {task.id} has no overlay")
+    try:
+        overlay = await asyncio.to_thread(
+            ensure_overlay, paths.image(task.stored_name), paths.result(ResultKind.MASK,
+                                                                        task.result_name),
+            paths.overlay(task.result_name), request.app[keys.SETTINGS].overlay_max_px)
+    except (OSError, UnreadableImage) as exc:  # files gone with a deletion meanwhile
+        raise ApiError(404, "not_found", f"task {task.id} has no overlay") from exc
+    return web.FileResponse(overlay)
 
 
 async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse:

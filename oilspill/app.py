@@ -56,7 +56,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
                        requeued)
     await recover_files(store, settings.jobs_dir)
     app[keys.STORE] = store
-    app[keys.ARCHIVES] = ResultArchives(store, settings.jobs_dir)
+    app[keys.ARCHIVES] = ResultArchives(store, settings.jobs_dir, settings.overlay_max_px)
     yield
     await store.close()
 
@@ -82,7 +82,6 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
                            max_delay_s=settings.ml_retry_max_s),
         gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
         max_image_pixels=settings.max_image_pixels,
-        overlay_max_px=settings.overlay_max_px,
         rng=random.Random())
     app[keys.POOL] = pool
     pool.start()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from .jobs import ResultKind, Task
+from .masks import ensure_overlay
 from .paths import JobPaths
 
 logger = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str,
     return rows
 
 
-def build_result_zip(paths: JobPaths, tasks: Sequence[Task]) -> Path:
+def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int) -> Path:
     """Write the job's result zip (masks/, overlays/, results/, summary.csv, summary.json,
     README.txt) atomically."""
     stems = _zip_stems(tasks)
@@ -269,8 +270,10 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task]) -> Path:
             zf.write(paths.result(task.result_kind, task.result_name), result,
                      compress_type=zipfile.ZIP_STORED)
             if overlay:
-                zf.write(paths.overlay(task.result_name), overlay,
-                         compress_type=zipfile.ZIP_STORED)
+                drawn = ensure_overlay(paths.image(task.stored_name),
+                                       paths.result(task.result_kind, task.result_name),
+                                       paths.overlay(task.result_name), overlay_max_px)
+                zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
         writer.writeheader()

@@ -1,13 +1,20 @@
 """Reading images and the ML service's answers: sizes, mask statistics, overlays.
 
+Overlays are drawn on first use (the API's overlay link, the result zip) and kept: the
+backend's cost per image stays at reading the mask.
+
 Blocking: run in a thread.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -41,10 +48,9 @@ class Answer:
     oil_pixels: int | None = None
     slick_count: int | None = None
     largest_slick_px: int | None = None
-    oil: np.ndarray | None = None  # the mask's oil pixels, kept for drawing the overlay
 
 
-def probe_image(path: Path, max_pixels: int) -> tuple[int, int]:
+def probe_image(path: Path | BinaryIO, max_pixels: int) -> tuple[int, int]:
     """(width, height) of an image, reading only its header; refuses one over max_pixels."""
     try:
         with Image.open(path) as image:
@@ -67,7 +73,7 @@ def oil_of(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask >= OIL_LEVEL)
 
 
-def read_answer(path: Path, width: int, height: int) -> Answer:
+def read_answer(data: bytes | Path, width: int, height: int) -> Answer:
     """Classify the ML service's answer for a width x height input.
 
     A one-channel PNG of the input's size is a mask (statistics counted here); any other
@@ -75,13 +81,13 @@ def read_answer(path: Path, width: int, height: int) -> Answer:
     JPEG). Raises UnreadableImage if it is not an image at all.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
             if image.format == "PNG" and image.mode in ("L", "1") and image.size == (width, height):
-                oil = oil_of(np.asarray(image.convert("L")))
+                oil = oil_of(np.asarray(image if image.mode == "L" else image.convert("L")))
                 labels, count = ndimage.label(oil, structure=_EIGHT_NEIGHBOURS)
                 sizes = np.bincount(labels.ravel())[1:] if count else np.zeros(0, np.int64)
                 return Answer(ResultKind.MASK, ".png", int(oil.sum()), int(count),
-                              int(sizes.max()) if count else 0, oil)
+                              int(sizes.max()) if count else 0)
             image.load()  # make sure it decodes, not only its header
             return Answer(ResultKind.PICTURE, _PICTURE_EXT.get(image.format or "", ".img"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -112,6 +118,21 @@ def _overlay_palette() -> list[int]:
 
 
 OVERLAY_PALETTE = _overlay_palette()
+
+
+def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, max_px: int) -> Path:
+    """The overlay of a mask, drawn on first use and kept (written whole, then renamed)."""
+    if not out_path.exists():
+        out_path.parent.mkdir(exist_ok=True)
+        partial = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.part")
+        try:
+            with Image.open(mask_path) as mask:
+                oil = oil_of(np.asarray(mask.convert("L")))
+            render_overlay(image_path, oil, partial, max_px)
+            os.replace(partial, out_path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return out_path
 
 
 def render_overlay(image_path: Path, oil: np.ndarray, out_path: Path, max_px: int) -> None:

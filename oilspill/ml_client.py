@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
 ERROR_TEXT_BYTES = 2048
+INLINE_BYTES = 1024 * 1024  # answers up to this size are kept in memory, larger ones spilled
 
 
 class MLError(Exception):
@@ -87,16 +88,18 @@ class MLClient:
     def base_url(self) -> str:
         return self._base_url
 
-    async def segment(self, image: Path, filename: str, content_type: str, dest: Path) -> None:
-        """Send one image and write the service's 200 answer to `dest` (flushed to disk).
+    async def segment(self, image: bytes | Path, filename: str, content_type: str,
+                      spill_to: Path) -> bytes | Path:
+        """Send one image (bytes, or a file streamed from disk) and return the service's 200
+        answer: bytes when it is small, else `spill_to`, where it was written as it came.
 
-        Raises MLRejected or MLUnavailable; `dest` may be left partial on error.
+        Raises MLRejected or MLUnavailable; `spill_to` may be left partial on error.
         """
-        fh = await asyncio.to_thread(open, image, "rb")
+        fh = await asyncio.to_thread(open, image, "rb") if isinstance(image, Path) else None
         try:
             form = aiohttp.FormData()
             # aiohttp streams a file object in chunks, reading it in its executor.
-            form.add_field("file", fh, filename=os.path.basename(filename) or "image",
+            form.add_field("file", fh or image, filename=os.path.basename(filename) or "image",
                            content_type=content_type)
             async with self._session.post(f"{self._base_url}/segment", data=form,
                                           timeout=self._timeout) as resp:
@@ -107,7 +110,7 @@ class MLClient:
                         raise MLUnavailable(
                             message, parse_retry_after(resp.headers.get("Retry-After")))
                     raise MLRejected(message)
-                await self._save(resp, dest)
+                return await self._receive(resp, spill_to)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise MLUnreachable(f"ML service unreachable: {exc}") from None
         except TimeoutError:
@@ -116,20 +119,34 @@ class MLClient:
             raise MLUnavailable(
                 f"ML service connection failed: {exc.__class__.__name__}: {exc}") from None
         finally:
-            await asyncio.to_thread(fh.close)
+            if fh is not None:
+                await asyncio.to_thread(fh.close)
 
-    async def _save(self, resp: aiohttp.ClientResponse, dest: Path) -> None:
-        received = 0
-        async with aiofiles.open(dest, "wb") as out:
+    async def _receive(self, resp: aiohttp.ClientResponse, spill_to: Path) -> bytes | Path:
+        """Small answers (a mask is a few KB) stay in memory; large ones go to disk in
+        chunks, so memory stays bounded whatever the service sends."""
+        kept = bytearray()
+        total = 0
+        out = None
+        try:
             async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                received += len(chunk)
-                if received > self._max_response_bytes:
+                total += len(chunk)
+                if total > self._max_response_bytes:
                     raise MLRejected(
                         f"ML service's answer is larger than {self._max_response_bytes} bytes "
                         "(OILSPILL_MAX_ML_RESPONSE_BYTES)")
+                if out is None and total <= INLINE_BYTES:
+                    kept += chunk
+                    continue
+                if out is None:
+                    out = await aiofiles.open(spill_to, "wb")
+                    await out.write(bytes(kept))
+                    kept.clear()
                 await out.write(chunk)
-            await out.flush()
-            await asyncio.to_thread(os.fsync, out.fileno())
+        finally:
+            if out is not None:
+                await out.close()
+        return spill_to if out is not None else bytes(kept)
 
     async def healthy(self) -> bool:
         """True when `GET {url}/health` answers 200."""

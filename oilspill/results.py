@@ -21,9 +21,10 @@ class JobNotFinished(Exception):
 class ResultArchives:
     """Builds each finished job's result zip at most once, even under concurrent requests."""
 
-    def __init__(self, store: Store, jobs_dir: Path) -> None:
+    def __init__(self, store: Store, jobs_dir: Path, overlay_max_px: int) -> None:
         self._store = store
         self._jobs_dir = jobs_dir
+        self._overlay_max_px = overlay_max_px
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def ensure(self, job_id: str) -> str:
@@ -42,7 +43,8 @@ class ResultArchives:
                 tasks = await self._store.list_tasks(job_id)
                 logger.info("job %s: building result zip", job_id)
                 started = time.monotonic()
-                await asyncio.to_thread(build_result_zip, JobPaths(self._jobs_dir, job_id), tasks)
+                await asyncio.to_thread(build_result_zip, JobPaths(self._jobs_dir, job_id), tasks,
+                                        self._overlay_max_px)
                 name = archive_name(job_id)
                 await self._store.set_job_archive(job_id, name)
                 logger.info("job %s: result zip built in %.2f s (%d tasks)", job_id,

@@ -78,7 +78,69 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE tasks ADD COLUMN slick_count INTEGER;
     ALTER TABLE tasks ADD COLUMN largest_slick_px INTEGER;
     """,
+    """
+    -- Progress counters kept by triggers in the same transaction as every status change:
+    -- reading a job's progress is one row, whatever its size. The last task to finish
+    -- sets finished_at.
+    ALTER TABLE jobs ADD COLUMN n_queued INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_failed INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET
+        n_queued = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'queued'),
+        n_running = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'running'),
+        n_done = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'done'),
+        n_failed = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'failed');
+    CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN
+        UPDATE jobs SET n_queued = n_queued + (NEW.status = 'queued'),
+                        n_running = n_running + (NEW.status = 'running'),
+                        n_done = n_done + (NEW.status = 'done'),
+                        n_failed = n_failed + (NEW.status = 'failed')
+        WHERE id = NEW.job_id;
+    END;
+    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
+    WHEN OLD.status <> NEW.status BEGIN
+        UPDATE jobs SET
+            n_queued = n_queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
+            n_running = n_running + (NEW.status = 'running') - (OLD.status = 'running'),
+            n_done = n_done + (NEW.status = 'done') - (OLD.status = 'done'),
+            n_failed = n_failed + (NEW.status = 'failed') - (OLD.status = 'failed'),
+            finished_at = CASE
+                WHEN finished_at IS NULL
+                 AND n_queued + (NEW.status = 'queued') - (OLD.status = 'queued')
+                     + n_running + (NEW.status = 'running') - (OLD.status = 'running') = 0
+                THEN (julianday('now') - 2440587.5) * 86400.0
+                ELSE finished_at END
+        WHERE id = NEW.job_id;
+    END;
+    """,
 )
+
+
+# Finishing a task; the job's counters and finished_at follow by trigger.
+_FINISH_SQL = (
+    "UPDATE tasks SET status = :status, finished_at = :now, width = :width,"
+    " height = :height, result_kind = :result_kind, result_name = :result_name,"
+    " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction,"
+    " slick_count = :slick_count, largest_slick_px = :largest_slick_px,"
+    " error = :error WHERE id = :id AND status = 'running'")
+_RETRY_SQL = (
+    "UPDATE tasks SET status = 'queued', error = :error, not_before = :not_before,"
+    " started_at = NULL WHERE id = :id AND status = 'running'")
+
+
+def _done_values(outcome: TaskOutcome) -> dict[str, Any]:
+    return {"width": outcome.width, "height": outcome.height,
+            "result_kind": outcome.result_kind.value, "result_name": outcome.result_name,
+            "oil_pixels": outcome.oil_pixels, "oil_fraction": outcome.oil_fraction,
+            "slick_count": outcome.slick_count, "largest_slick_px": outcome.largest_slick_px,
+            "error": None}
+
+
+def _failed_values(error: str, width: int | None, height: int | None) -> dict[str, Any]:
+    return {"width": width, "height": height, "result_kind": None, "result_name": None,
+            "oil_pixels": None, "oil_fraction": None, "slick_count": None,
+            "largest_slick_px": None, "error": error}
 
 
 class StoreError(Exception):
@@ -200,17 +262,10 @@ class Store:
             row = await cur.fetchone()
         if row is None:
             raise NotFound(job_id)
-        counts = dict.fromkeys(TaskStatus, 0)
-        async with self._reader.execute(
-            "SELECT status, COUNT(*) FROM tasks WHERE job_id = ? GROUP BY status", (job_id,)
-        ) as cur:
-            async for status, count in cur:
-                counts[TaskStatus(status)] = count
-        progress = Progress(
-            total=sum(counts.values()), queued=counts[TaskStatus.QUEUED],
-            running=counts[TaskStatus.RUNNING], done=counts[TaskStatus.DONE],
-            failed=counts[TaskStatus.FAILED],
-        )
+        queued, running, done, failed = (row["n_queued"], row["n_running"], row["n_done"],
+                                         row["n_failed"])
+        progress = Progress(total=queued + running + done + failed, queued=queued,
+                            running=running, done=done, failed=failed)
         return Job(
             id=row["id"], upload_name=row["upload_name"], created_at=row["created_at"],
             finished_at=row["finished_at"], archive_name=row["archive_name"],
@@ -242,72 +297,72 @@ class Store:
         return _task(row)
 
     async def claim_next_task(self) -> Task | None:
-        """Atomically move the oldest due queued task to running and return it; None if none.
+        """Atomically move the oldest due queued task to running and return it; None if none."""
+        tasks = await self.claim_tasks(1)
+        return tasks[0] if tasks else None
 
-        One status-guarded UPDATE … RETURNING: two claimers, even on two connections, never
-        get the same task.
+    async def claim_tasks(self, limit: int) -> list[Task]:
+        """Atomically move up to `limit` of the oldest due queued tasks to running.
+
+        One status-guarded UPDATE … RETURNING inside BEGIN IMMEDIATE: two claimers, even on
+        two connections, never get the same task. Returned in upload order.
         """
         async with self._transaction() as db:
             async with db.execute(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
                 " started_at = :now, not_before = NULL"
-                " WHERE rowid = (SELECT rowid FROM tasks WHERE status = 'queued'"
-                "                AND (not_before IS NULL OR not_before <= :now)"
-                "                ORDER BY rowid LIMIT 1)"
+                " WHERE rowid IN (SELECT rowid FROM tasks WHERE status = 'queued'"
+                "                 AND (not_before IS NULL OR not_before <= :now)"
+                "                 ORDER BY rowid LIMIT :limit)"
                 " AND status = 'queued' RETURNING *",
-                {"now": _now()},
+                {"now": _now(), "limit": limit},
             ) as cur:
-                row = await cur.fetchone()
-        return _task(row) if row else None
+                rows = await cur.fetchall()
+        return sorted((_task(row) for row in rows), key=lambda t: (t.created_at, t.seq))
 
     async def mark_task_done(self, task_id: str, outcome: TaskOutcome) -> None:
         """Record a running task's result; finishes its job if it was the last one."""
-        await self._finish_task(task_id, TaskStatus.DONE, {
-            "width": outcome.width, "height": outcome.height,
-            "result_kind": outcome.result_kind.value, "result_name": outcome.result_name,
-            "oil_pixels": outcome.oil_pixels, "oil_fraction": outcome.oil_fraction,
-            "slick_count": outcome.slick_count, "largest_slick_px": outcome.largest_slick_px,
-            "error": None,
-        })
+        await self._finish_task(task_id, TaskStatus.DONE, _done_values(outcome))
 
     async def mark_task_failed(self, task_id: str, error: str,
                                width: int | None = None, height: int | None = None) -> None:
         """Record why a running task failed; finishes its job if it was the last one."""
-        await self._finish_task(task_id, TaskStatus.FAILED, {
-            "width": width, "height": height, "result_kind": None, "result_name": None,
-            "oil_pixels": None, "oil_fraction": None, "slick_count": None,
-            "largest_slick_px": None, "error": error,
-        })
+        await self._finish_task(task_id, TaskStatus.FAILED, _failed_values(error, width, height))
 
     async def _finish_task(self, task_id: str, status: TaskStatus, values: dict[str, Any]) -> None:
         params = {**values, "id": task_id, "status": status.value, "now": _now()}
         async with self._transaction() as db:
-            async with db.execute(
-                "UPDATE tasks SET status = :status, finished_at = :now, width = :width,"
-                " height = :height, result_kind = :result_kind, result_name = :result_name,"
-                " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction,"
-                " slick_count = :slick_count, largest_slick_px = :largest_slick_px,"
-                " error = :error"
-                " WHERE id = :id AND status = 'running' RETURNING job_id",
-                params,
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
+            cur = await db.execute(_FINISH_SQL, params)
+            if cur.rowcount != 1:
                 raise NotFound(f"no running task {task_id}")
-            await db.execute(
-                "UPDATE jobs SET finished_at = :now WHERE id = :job_id AND finished_at IS NULL"
-                " AND NOT EXISTS (SELECT 1 FROM tasks WHERE job_id = :job_id"
-                "                 AND status IN ('queued', 'running'))",
-                {"job_id": row["job_id"], "now": params["now"]},
-            )
+
+    async def record(self, done: Sequence[tuple[str, TaskOutcome]],
+                     failed: Sequence[tuple[str, str, int | None, int | None]],
+                     retries: Sequence[tuple[str, str, float]]) -> None:
+        """Record many running tasks' ends in one transaction (a group commit).
+
+        done: (task id, outcome); failed: (task id, reason, width, height); retries:
+        (task id, reason, not_before). A task no longer running (its job was deleted) is
+        passed over.
+        """
+        now = _now()
+        rows = [{**_done_values(outcome), "id": task_id, "status": "done", "now": now}
+                for task_id, outcome in done]
+        rows += [{**_failed_values(reason, width, height), "id": task_id, "status": "failed",
+                  "now": now} for task_id, reason, width, height in failed]
+        async with self._transaction() as db:
+            if rows:
+                await db.executemany(_FINISH_SQL, rows)
+            if retries:
+                await db.executemany(_RETRY_SQL, [
+                    {"id": task_id, "error": reason, "not_before": not_before}
+                    for task_id, reason, not_before in retries])
 
     async def retry_task(self, task_id: str, error: str, not_before: float) -> None:
         """Put a running task back in the queue, due at `not_before` (epoch seconds)."""
         async with self._transaction() as db:
             cur = await db.execute(
-                "UPDATE tasks SET status = 'queued', error = :error, not_before = :not_before,"
-                " started_at = NULL WHERE id = :id AND status = 'running'",
-                {"id": task_id, "error": error, "not_before": not_before})
+                _RETRY_SQL, {"id": task_id, "error": error, "not_before": not_before})
             if cur.rowcount != 1:
                 raise NotFound(f"no running task {task_id}")
 
@@ -318,6 +373,18 @@ class Store:
         ) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row and row[0] is not None else None
+
+    async def release_tasks(self, task_ids: Sequence[str]) -> int:
+        """Give back claimed tasks whose call never started: queued again, the claim's
+        attempt not counted. Returns how many were still running."""
+        if not task_ids:
+            return 0
+        async with self._transaction() as db:
+            cur = await db.executemany(
+                "UPDATE tasks SET status = 'queued', started_at = NULL,"
+                " attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'",
+                [(task_id,) for task_id in task_ids])
+            return cur.rowcount
 
     async def requeue_running(self) -> int:
         """Put every `running` task back to `queued` (their claimer is gone); return how many."""
@@ -405,6 +472,14 @@ async def _migrate(db: aiosqlite.Connection) -> None:
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration into statements (migrations hold no ';' inside literals)."""
-    lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Split a migration into statements; a trigger's body holds ';' and stays whole."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            text = "\n".join(ln for ln in current.splitlines()
+                             if not ln.strip().startswith("--")).strip()
+            if text.strip(";").strip():
+                statements.append(text)
+            current = ""
+    return statements

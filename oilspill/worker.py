@@ -1,14 +1,21 @@
 """The worker pool: asyncio tasks that claim queued tasks from the store and run them.
 
-Workers sleep on a condition until `notify()` says work arrived, or until the next retry
-falls due; they never poll SQLite in a loop. A semaphore bounds the calls in flight to the
-ML service, and the outage gate holds every worker while the service is unreachable.
+Workers take tasks from a small local queue, refilled by one batched claim when it runs
+dry; they sleep on a condition until `notify()` says work arrived or the next retry falls
+due, never polling SQLite in a loop. A semaphore bounds the calls in flight to the ML
+service, the outage gate holds every worker while the service is unreachable, and task ends
+go to the recorder, which writes them in group commits.
+
+Per image the event loop hands work to a thread twice: once to read the image (its header,
+and its bytes when small), once to keep the answer (classify it, count its slicks, move it
+into place).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import random
@@ -16,32 +23,41 @@ import time
 from pathlib import Path
 
 from .jobs import RetryPolicy, Task, TaskOutcome
-from .masks import Answer, UnreadableImage, probe_image, read_answer, render_overlay
+from .masks import Answer, UnreadableImage, probe_image, read_answer
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
 from .paths import JobPaths
+from .recorder import Recorder
 from .store import NotFound, Store
 
 logger = logging.getLogger(__name__)
 
+INLINE_IMAGE_BYTES = 1024 * 1024  # images up to this size are sent from memory
+
 
 class WorkerPool:
-    """`workers` claim loops sharing one semaphore of `concurrency` ML calls."""
+    """`workers` claim loops (default 2 x concurrency) sharing one semaphore of
+    `concurrency` ML calls."""
 
     def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
-                 overlay_max_px: int, workers: int | None = None,
+                 workers: int | None = None,
                  rng: random.Random | None = None) -> None:
         self._store = store
-        self._max_image_pixels = max_image_pixels
-        self._overlay_max_px = overlay_max_px
         self._ml = ml
         self._jobs_dir = jobs_dir
         self._policy = policy
         self._gate = gate
-        self._workers = workers or concurrency
+        self._max_image_pixels = max_image_pixels
+        # Twice as many workers as ML slots: while some read images, keep answers or wait
+        # for their group commit, others hold every slot, so the ML service never waits.
+        self._workers = workers or 2 * concurrency
         self._rng = rng or random.Random()
         self._calls = asyncio.Semaphore(concurrency)
+        self._recorder = Recorder(store)
+        # Claimed tasks waiting for a worker; refilled by one claim of up to `_workers`.
+        self._ready: asyncio.Queue[Task] = asyncio.Queue()
+        self._claiming = asyncio.Lock()
         # A generation counter under a condition: a worker that found no work waits for the
         # counter to move past what it saw before claiming, so no wake-up is ever lost.
         self._arrivals = asyncio.Condition()
@@ -49,13 +65,21 @@ class WorkerPool:
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
         self._inflight: dict[str, tuple[Task, asyncio.Task[None]]] = {}
+        # Claimed and not yet ended; and, of those, the ones whose ML call has started.
+        self._claimed: set[str] = set()
+        self._called: set[str] = set()
 
     @property
     def ml_reachable(self) -> bool:
         """False while the pool is paused because the ML service cannot be reached."""
         return self._gate.is_open
 
+    @property
+    def recorder(self) -> Recorder:
+        return self._recorder
+
     def start(self) -> None:
+        self._recorder.start()
         for n in range(self._workers):
             self._loops.append(asyncio.create_task(self._run(), name=f"oilspill-worker-{n}"))
         logger.info("worker pool started: %d workers", self._workers)
@@ -79,9 +103,13 @@ class WorkerPool:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
+        await self._recorder.close()
         await self._gate.close()
+        # Tasks claimed ahead whose call never started did not use an attempt.
+        released = await self._store.release_tasks(sorted(self._claimed - self._called))
         requeued = await self._store.requeue_running()
-        logger.info("worker pool stopped; %d unfinished tasks put back to queued", requeued)
+        logger.info("worker pool stopped; %d unfinished tasks put back to queued",
+                    released + requeued)
 
     def abandon_job(self, job_id: str) -> int:
         """Cancel this job's calls in flight (its rows are gone); return how many."""
@@ -98,14 +126,28 @@ class WorkerPool:
                 await asyncio.wait_for(
                     self._arrivals.wait_for(lambda: self._generation != seen), timeout_s)
 
+    async def _next_task(self) -> Task:
+        """The next claimed task: from the local queue, or from one batched claim."""
+        while True:
+            if not self._ready.empty():
+                return self._ready.get_nowait()
+            await self._gate.wait_open()
+            async with self._claiming:
+                if not self._ready.empty():
+                    continue
+                seen = self._generation
+                claimed = await self._store.claim_tasks(self._workers)
+                for task in claimed:
+                    self._claimed.add(task.id)
+                    self._ready.put_nowait(task)
+            if not claimed:
+                await self._wait_for_work(seen)
+
     async def _run(self) -> None:
         while not self._stopping:
-            await self._gate.wait_open()
-            seen = self._generation
-            task = await self._store.claim_next_task()
-            if task is None:
-                await self._wait_for_work(seen)
-                continue
+            task = await self._next_task()
+            if self._stopping:  # claimed as the pool stops: requeued by stop()
+                return
             child = asyncio.create_task(self._process(task))
             self._inflight[task.id] = (task, child)
             try:
@@ -115,52 +157,59 @@ class WorkerPool:
                 if current is not None and current.cancelling():
                     raise  # the pool is stopping
                 logger.info("job %s task %s: abandoned (job deleted)", task.job_id, task.id)
+            except NotFound:
+                logger.info("job %s task %s: its job was deleted meanwhile", task.job_id,
+                            task.id)
             except Exception as exc:
                 # A bug must not kill the worker or leave the job unfinished.
                 logger.exception("job %s task %s: internal error", task.job_id, task.id)
-                with contextlib.suppress(NotFound):
-                    await self._store.mark_task_failed(task.id, f"internal error: {exc}")
+                with contextlib.suppress(Exception):
+                    await self._recorder.failed(task.id, f"internal error: {exc}")
             finally:
                 self._inflight.pop(task.id, None)
+                if not child.cancelled() or not self._stopping:
+                    self._claimed.discard(task.id)
+                    self._called.discard(task.id)
 
     async def _process(self, task: Task) -> None:
         paths = JobPaths(self._jobs_dir, task.job_id)
         image = paths.image(task.stored_name)
-        logger.info("job %s task %s: started %s (attempt %d)", task.job_id, task.id,
-                    task.filename, task.attempts)
+        logger.debug("job %s task %s: started %s (attempt %d)", task.job_id, task.id,
+                     task.filename, task.attempts)
         try:
-            width, height = await asyncio.to_thread(probe_image, image, self._max_image_pixels)
+            width, height, body = await asyncio.to_thread(
+                _read_image, image, self._max_image_pixels)
         except UnreadableImage as exc:
             await self._fail(task, str(exc))
             return
-        # Written beside its final place, flushed, then renamed: a task is never done
-        # without its file, and a retry after a crash overwrites, never duplicates.
-        partial = paths.masks / f".{task.id}.part"
+        spill = paths.masks / f".{task.id}.part"
         try:
             await self._gate.wait_open()
             async with self._calls:
-                await self._ml.segment(image, task.filename, task.content_type, partial)
+                self._called.add(task.id)
+                answer_body = await self._ml.segment(body, task.filename, task.content_type,
+                                                     spill)
             self._gate.record_success()
-            answer, result_name = await asyncio.to_thread(
-                _keep_answer, partial, image, width, height, paths, task,
-                self._overlay_max_px)
+            answer, result_name, files = await asyncio.to_thread(
+                _keep_answer, answer_body, spill, width, height, paths, task)
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()
+            await asyncio.to_thread(_remove_if_present, spill)
             await self._retry_or_fail(task, exc, width, height)
             return
         except (MLRejected, UnreadableImage) as exc:
+            await asyncio.to_thread(_remove_if_present, spill)
             await self._fail(task, str(exc), width, height)
             return
-        finally:
-            await asyncio.to_thread(_remove_if_present, partial)
         fraction = answer.oil_pixels / (width * height) if answer.oil_pixels is not None else None
-        await self._store.mark_task_done(task.id, TaskOutcome(
+        await self._recorder.done(task.id, TaskOutcome(
             width=width, height=height, result_kind=answer.kind, result_name=result_name,
             oil_pixels=answer.oil_pixels, oil_fraction=fraction,
-            slick_count=answer.slick_count, largest_slick_px=answer.largest_slick_px))
-        logger.info("job %s task %s: done, %s, oil fraction %s", task.job_id, task.id,
-                    answer.kind.value, "n/a" if fraction is None else f"{fraction:.4f}")
+            slick_count=answer.slick_count, largest_slick_px=answer.largest_slick_px), files)
+        logger.info("job %s task %s: done %s, %s, oil fraction %s", task.job_id, task.id,
+                    task.filename, answer.kind.value,
+                    "n/a" if fraction is None else f"{fraction:.4f}")
 
     async def _retry_or_fail(self, task: Task, exc: MLUnavailable, width: int,
                              height: int) -> None:
@@ -171,40 +220,39 @@ class WorkerPool:
         delay_s = self._policy.delay_s(task.attempts, exc.retry_after_s, self._rng)
         logger.warning("job %s task %s: attempt %d failed, retrying in %.2f s: %s",
                        task.job_id, task.id, task.attempts, delay_s, exc)
-        await self._store.retry_task(task.id, str(exc), time.time() + delay_s)
+        await self._recorder.retry(task.id, str(exc), time.time() + delay_s)
 
     async def _fail(self, task: Task, reason: str, width: int | None = None,
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
-        await self._store.mark_task_failed(task.id, reason, width, height)
+        await self._recorder.failed(task.id, reason, width, height)
 
 
-def _keep_answer(partial: Path, image: Path, width: int, height: int, paths: JobPaths,
-                 task: Task, overlay_max_px: int) -> tuple[Answer, str]:
-    """Classify the answer, draw the overlay of a mask, and move both into place."""
-    answer = read_answer(partial, width, height)
-    result_name = f"{task.seq:06d}{answer.extension}"
-    if answer.oil is not None:
-        paths.overlays.mkdir(exist_ok=True)
-        overlay_partial = paths.overlays / f".{task.id}.part"
-        try:
-            render_overlay(image, answer.oil, overlay_partial, overlay_max_px)
-            _move_into_place(overlay_partial, paths.overlay(result_name))
-        finally:
-            _remove_if_present(overlay_partial)
-    _move_into_place(partial, paths.result(answer.kind, result_name))
-    return answer, result_name
+def _read_image(path: Path, max_pixels: int) -> tuple[int, int, bytes | Path]:
+    """The image's size from its header, and its bytes when small (else the path, to
+    stream from disk)."""
+    with open(path, "rb") as fh:
+        small = os.fstat(fh.fileno()).st_size <= INLINE_IMAGE_BYTES
+        data = fh.read() if small else None
+    width, height = probe_image(io.BytesIO(data) if data is not None else path, max_pixels)
+    return width, height, data if data is not None else path
 
 
-def _move_into_place(partial: Path, final: Path) -> None:
-    final.parent.mkdir(exist_ok=True)
-    os.replace(partial, final)
-    # The rename is durable only once the folder's entry is on disk.
-    fd = os.open(final.parent, os.O_RDONLY)
+def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths: JobPaths,
+                 task: Task) -> tuple[Answer, str, list[Path]]:
+    """Classify the answer and move it into place (the recorder makes it durable before the
+    task is marked done). Returns the answer, the result's file name and the file written."""
     try:
-        os.fsync(fd)
+        answer = read_answer(body, width, height)
+        if isinstance(body, bytes):
+            spill.write_bytes(body)
+        result_name = f"{task.seq:06d}{answer.extension}"
+        final = paths.result(answer.kind, result_name)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(spill, final)
+        return answer, result_name, [final]
     finally:
-        os.close(fd)
+        _remove_if_present(spill)
 
 
 def _remove_if_present(path: Path) -> None:

@@ -63,7 +63,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def test_the_live_server_honours_its_document_under_fuzzing(live_server):
+def test_the_live_server_honours_its_document_under_fuzzing(live_server, tmp_path):
     """Schemathesis, every check: no 5xx, and every answer (status, content type, headers,
     body) conforms to the document."""
     proc = subprocess.run(
@@ -71,5 +71,5 @@ def test_the_live_server_honours_its_document_under_fuzzing(live_server):
          str(Path(__file__).with_name("schemathesis.toml")), "run",
          f"{live_server}/api/openapi.json", "--checks", "all", "--max-examples", "30",
          "--seed", "20261125", "--suppress-health-check", "all"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

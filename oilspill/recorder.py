@@ -1,0 +1,128 @@
+"""Group commit of task ends: the files of many tasks made durable, then one transaction.
+
+Workers hand their task's end (done, failed, or back to the queue for a retry) to the
+recorder and wait for it. Whatever arrived while the previous batch was being written goes
+into the next one, so under load one fsync pass and one SQLite transaction serve many
+tasks, and when idle a single task is written at once.
+
+Order, for crash safety: a result file is renamed into place first, made durable here
+before its row says `done`; a crash before the commit leaves the task `running`, so it runs
+again after restart and overwrites the file under the same name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .jobs import TaskOutcome
+from .store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _End:
+    task_id: str
+    future: asyncio.Future[None]
+    outcome: TaskOutcome | None = None
+    failure: tuple[str, int | None, int | None] | None = None
+    retry: tuple[str, float] | None = None
+    files: Sequence[Path] = field(default_factory=tuple)
+
+
+def make_durable(files: Sequence[Path]) -> None:
+    """fsync each file, then each folder holding one (so their renames are durable)."""
+    folders = set()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        folders.add(path.parent)
+    for folder in folders:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Recorder:
+    """Collects task ends and writes them in batches; start(), then close() at the end."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: list[_End] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # how many transactions were written (for tests and benchmarks)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="oilspill-recorder")
+
+    async def done(self, task_id: str, outcome: TaskOutcome, files: Sequence[Path]) -> None:
+        """Record a task as done once its files are durable."""
+        await self._submit(_End(task_id, self._future(), outcome=outcome, files=files))
+
+    async def failed(self, task_id: str, reason: str, width: int | None = None,
+                     height: int | None = None) -> None:
+        await self._submit(_End(task_id, self._future(), failure=(reason, width, height)))
+
+    async def retry(self, task_id: str, reason: str, not_before: float) -> None:
+        """Put a task back in the queue, due at `not_before` (epoch seconds)."""
+        await self._submit(_End(task_id, self._future(), retry=(reason, not_before)))
+
+    @staticmethod
+    def _future() -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, end: _End) -> None:
+        if self._closing:
+            raise RuntimeError("the recorder is closed")
+        self._pending.append(end)
+        self._wake.set()
+        await end.future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._write(batch)
+            if self._closing and not self._pending:
+                return
+
+    async def _write(self, batch: list[_End]) -> None:
+        try:
+            files = [path for end in batch for path in end.files]
+            if files:
+                await asyncio.to_thread(make_durable, files)
+            await self._store.record(
+                done=[(e.task_id, e.outcome) for e in batch if e.outcome],
+                failed=[(e.task_id, *e.failure) for e in batch if e.failure],
+                retries=[(e.task_id, *e.retry) for e in batch if e.retry])
+            self.batches += 1
+        except Exception as exc:
+            logger.exception("recording %d task ends failed", len(batch))
+            for end in batch:
+                if not end.future.done():
+                    end.future.set_exception(exc)
+            return
+        for end in batch:
+            if not end.future.done():  # a worker cancelled meanwhile no longer waits
+                end.future.set_result(None)
+
+    async def close(self) -> None:
+        """Write what is pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task:
+            await self._task
