@@ -35,22 +35,20 @@ class _End:
     files: Sequence[Path] = field(default_factory=tuple)
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def make_durable(files: Sequence[Path]) -> None:
     """fsync each file, then each folder holding one (so their renames are durable)."""
-    folders = set()
     for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        folders.add(path.parent)
-    for folder in folders:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
+    for folder in {path.parent for path in files}:
+        _fsync(folder)
 
 
 class Recorder:
