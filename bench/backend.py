@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from ml_stub.scenes import scene_png
+from oilspill.metrics import Metrics
 from oilspill.ml_client import MLClient
 from tests.procs import Process, free_port, server_process, stub_process, wait_http
 
@@ -227,7 +228,7 @@ async def bare_client_run(workdir: Path, count: int, size: int, latency_ms: floa
     try:
         await wait_http(f"http://127.0.0.1:{port}/health", stub)
         async with aiohttp.ClientSession() as session:
-            ml = MLClient(session, f"http://127.0.0.1:{port}", 60, 10, 2**28)
+            ml = MLClient(session, f"http://127.0.0.1:{port}", 60, 10, 2**28, Metrics())
             slots = asyncio.Semaphore(concurrency)
             spill = workdir / "spill.part"
 

@@ -17,7 +17,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http import HttpProcessingError
 
 from . import keys, openapi
-from .jobs import Job, ResultKind, Task
+from .jobs import Job, ResultKind, Task, TaskStatus
 from .masks import UnreadableImage, ensure_overlay
 from .middlewares import ApiError
 from .paths import JobPaths, is_id, job_id_of_archive
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 CHUNK_BYTES = 256 * 1024
+TASKS_PAGE = 500
+TASKS_PAGE_MAX = 1000
 # Multipart framing around the file part; a Content-Length beyond limit + this is refused
 # before a byte of the body is read.
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -61,11 +63,11 @@ async def _load(request: web.Request, param: str, what: str,
         raise await _missing(request, what, object_id) from None
 
 
-async def _load_task(request: web.Request) -> Task:
+async def load_task(request: web.Request) -> Task:
     return await _load(request, "task_id", "task", request.app[keys.STORE].get_task)
 
 
-async def _load_job(request: web.Request) -> Job:
+async def load_job(request: web.Request) -> Job:
     return await _load(request, "job_id", "job", request.app[keys.STORE].get_job)
 
 
@@ -109,6 +111,20 @@ def _upload_name(part: BodyPartReader) -> str:
 
 async def upload(request: web.Request) -> web.Response:
     """POST /api/upload/: a multipart form whose part `file` is a zip of images."""
+    uploads = request.app[keys.METRICS].uploads
+    try:
+        response = await _upload(request)
+    except ApiError as exc:
+        uploads.labels(exc.code).inc()
+        raise
+    except Exception as exc:
+        uploads.labels(type(exc).__name__).inc()
+        raise
+    uploads.labels("accepted").inc()
+    return response
+
+
+async def _upload(request: web.Request) -> web.Response:
     settings = request.app[keys.SETTINGS]
     draining = request.app[keys.DRAINING]
     if draining.is_set():
@@ -145,6 +161,7 @@ async def upload(request: web.Request) -> web.Response:
         if draining.is_set():
             raise _shutting_down()
         accepted = await incoming.commit(upload_name)
+        request.app[keys.METRICS].upload_bytes.inc(incoming.received_bytes)
     await request.app[keys.POOL].notify()
     return web.json_response(
         {"job_id": accepted.job_id, "task_ids": accepted.task_ids, "status": "queued",
@@ -158,7 +175,7 @@ def _shutting_down() -> ApiError:
 
 async def get_task(request: web.Request) -> web.Response:
     """GET /api/task/{task_id}"""
-    return web.json_response(task_body(await _load_task(request)))
+    return web.json_response(task_body(await load_task(request)))
 
 
 async def get_mask(request: web.Request) -> web.FileResponse:
@@ -173,7 +190,7 @@ async def get_picture(request: web.Request) -> web.FileResponse:
 
 async def get_overlay(request: web.Request) -> web.FileResponse:
     """GET /api/task/{task_id}/overlay: the input in grey with the oil tinted (PNG)."""
-    task = await _load_task(request)
+    task = await load_task(request)
     if not task.has_overlay or task.result_name is None:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
@@ -188,7 +205,7 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
 
 
 async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse:
-    task = await _load_task(request)
+    task = await load_task(request)
     missing = f"task {task.id} has no {kind.value}"
     if task.result_kind is not kind or task.result_name is None:
         raise ApiError(404, "not_found", missing)
@@ -204,13 +221,43 @@ async def _serve_file(path: Path, missing: str) -> web.FileResponse:
 
 async def get_job(request: web.Request) -> web.Response:
     """GET /api/job/{job_id}: progress counts."""
-    job = await _load_job(request)
+    job = await load_job(request)
     return web.json_response(job_body(job, request.app[keys.POOL].ml_reachable))
+
+
+async def list_job_tasks(request: web.Request) -> web.Response:
+    """GET /api/job/{job_id}/tasks?offset=&limit=: the job's tasks in upload order."""
+    job = await load_job(request)
+    try:
+        offset = int(request.query.get("offset", "0"))
+        limit = int(request.query.get("limit", str(TASKS_PAGE)))
+    except ValueError:
+        raise ApiError(400, "bad_query", "offset and limit are whole numbers") from None
+    if offset < 0 or not 1 <= limit <= TASKS_PAGE_MAX:
+        raise ApiError(400, "bad_query",
+                       f"offset must be >= 0 and limit between 1 and {TASKS_PAGE_MAX}")
+    tasks = await request.app[keys.STORE].list_tasks(job.id, offset, limit)
+    return web.json_response({"job_id": job.id, "total": job.progress.total, "offset": offset,
+                              "limit": limit, "tasks": [task_body(t) for t in tasks]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format."""
+    app = request.app
+    registry = app[keys.METRICS]
+    counts = await app[keys.STORE].count_tasks()
+    for status, count in counts.items():
+        registry.tasks.labels(status.value).set(count)
+    registry.queue_depth.set(counts[TaskStatus.QUEUED])
+    registry.ml_reachable.set(1 if app[keys.POOL].ml_reachable else 0)
+    registry.loop_lag_max.set(app[keys.LOOP_LAG].max_lag_s)
+    body, content_type = registry.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def delete_job(request: web.Request) -> web.Response:
     """DELETE /api/job/{job_id}: cancel the job and remove its files now."""
-    job = await _load_job(request)
+    job = await load_job(request)
     try:
         tasks = await request.app[keys.RETENTION].delete_job(job.id)
     except NotFound:  # deleted by someone else meanwhile
@@ -271,18 +318,3 @@ async def healthz(request: web.Request) -> web.Response:
         "ml_service": "reachable" if reachable else "unreachable",
         "ml_service_url": request.app[keys.ML_CLIENT].base_url,
         "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2)})
-
-
-def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/api/upload/", upload)
-    app.router.add_post("/api/upload", upload)
-    app.router.add_get("/api/task/{task_id}", get_task)
-    app.router.add_get("/api/task/{task_id}/mask", get_mask)
-    app.router.add_get("/api/task/{task_id}/picture", get_picture)
-    app.router.add_get("/api/task/{task_id}/overlay", get_overlay)
-    app.router.add_get("/api/job/{job_id}", get_job)
-    app.router.add_delete("/api/job/{job_id}", delete_job)
-    app.router.add_get("/api/archive/{job_id}", get_archive)
-    app.router.add_get("/api/download/{filename}", download)
-    app.router.add_get("/api/openapi.json", openapi_document)
-    app.router.add_get("/healthz", healthz)

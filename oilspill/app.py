@@ -16,13 +16,18 @@ import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from . import keys
-from .api import setup_routes
+from . import api, events, keys, page
 from .cleanup import Retention, recover_files
 from .config import Settings
 from .jobs import RetryPolicy
 from .looplag import LoopLagMonitor
-from .middlewares import auth_middleware, cors_middleware, error_middleware
+from .metrics import Metrics
+from .middlewares import (
+    auth_middleware,
+    cors_middleware,
+    error_middleware,
+    metrics_middleware,
+)
 from .ml_client import MLClient
 from .outage import OutageGate
 from .results import ResultArchives
@@ -68,7 +73,7 @@ async def _ml_client(app: web.Application) -> AsyncIterator[None]:
         app[keys.ML_CLIENT] = MLClient(
             session, settings.ml_service_url, timeout_s=settings.ml_timeout_s,
             connect_timeout_s=settings.ml_connect_timeout_s,
-            max_response_bytes=settings.max_ml_response_bytes)
+            max_response_bytes=settings.max_ml_response_bytes, metrics=app[keys.METRICS])
         yield
 
 
@@ -81,6 +86,7 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
                            base_delay_s=settings.ml_retry_base_s,
                            max_delay_s=settings.ml_retry_max_s),
         gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
+        metrics=app[keys.METRICS],
         max_image_pixels=settings.max_image_pixels,
         rng=random.Random())
     app[keys.POOL] = pool
@@ -95,7 +101,7 @@ async def _retention(app: web.Application) -> AsyncIterator[None]:
     retention = Retention(
         app[keys.STORE], app[keys.POOL], settings.jobs_dir, retention_s=settings.retention_s,
         orphan_age_s=settings.orphan_age_s, tombstone_s=settings.tombstone_s,
-        active_uploads=app[keys.ACTIVE_UPLOADS])
+        active_uploads=app[keys.ACTIVE_UPLOADS], metrics=app[keys.METRICS])
     app[keys.RETENTION] = retention
     scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
     scheduler.add_job(retention.run_once, "interval", seconds=settings.cleanup_interval_s,
@@ -116,8 +122,10 @@ def create_app(settings: Settings) -> web.Application:
     """The oilspill web application for these settings."""
     # Outermost first: CORS headers go on every answer, errors included; the token check
     # raises an ApiError that the error middleware renders.
-    app = web.Application(middlewares=[cors_middleware, error_middleware, auth_middleware])
+    app = web.Application(middlewares=[metrics_middleware, cors_middleware, error_middleware,
+                                       auth_middleware])
     app[keys.SETTINGS] = settings
+    app[keys.METRICS] = Metrics()
     app[keys.DRAINING] = asyncio.Event()
     app[keys.ACTIVE_UPLOADS] = set()
     app.cleanup_ctx.append(_loop_lag)
@@ -127,5 +135,25 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_worker_pool)
     app.cleanup_ctx.append(_retention)
     app.on_shutdown.append(_start_draining)
-    setup_routes(app)
+    _routes(app)
     return app
+
+
+def _routes(app: web.Application) -> None:
+    app.router.add_get("/", page.index)
+    app.router.add_get("/static/{name}", page.static_file)
+    app.router.add_get("/api/job/{job_id}/events", events.job_events)
+    app.router.add_get("/api/job/{job_id}/tasks", api.list_job_tasks)
+    app.router.add_get("/metrics", api.metrics)
+    app.router.add_post("/api/upload/", api.upload)
+    app.router.add_post("/api/upload", api.upload)
+    app.router.add_get("/api/task/{task_id}", api.get_task)
+    app.router.add_get("/api/task/{task_id}/mask", api.get_mask)
+    app.router.add_get("/api/task/{task_id}/picture", api.get_picture)
+    app.router.add_get("/api/task/{task_id}/overlay", api.get_overlay)
+    app.router.add_get("/api/job/{job_id}", api.get_job)
+    app.router.add_delete("/api/job/{job_id}", api.delete_job)
+    app.router.add_get("/api/archive/{job_id}", api.get_archive)
+    app.router.add_get("/api/download/{filename}", api.download)
+    app.router.add_get("/api/openapi.json", api.openapi_document)
+    app.router.add_get("/healthz", api.healthz)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metrics import Metrics
 from .paths import JobPaths
 from .store import Store
 from .worker import WorkerPool
@@ -81,7 +82,9 @@ class Retention:
     """Deletes jobs and sweeps orphans; one run at a time."""
 
     def __init__(self, store: Store, pool: WorkerPool, jobs_dir: Path, retention_s: float,
-                 orphan_age_s: float, tombstone_s: float, active_uploads: set[str]) -> None:
+                 orphan_age_s: float, tombstone_s: float, active_uploads: set[str],
+                 metrics: Metrics) -> None:
+        self._metrics = metrics
         self._store = store
         self._pool = pool
         self._jobs_dir = jobs_dir
@@ -97,6 +100,7 @@ class Retention:
         Returns how many tasks it had; raises store.NotFound.
         """
         tasks = await self._store.delete_job(job_id)
+        self._metrics.cleanup_deletions.labels("job").inc()
         abandoned = self._pool.abandon_job(job_id)
         await asyncio.to_thread(shutil.rmtree, JobPaths(self._jobs_dir, job_id).root, True)
         logger.info("job %s: deleted (%d tasks, %d calls abandoned)", job_id, tasks, abandoned)
@@ -112,6 +116,7 @@ class Retention:
                 continue
             await asyncio.to_thread(shutil.rmtree, folder, True)
             logger.info("removed orphan folder %s", folder.name)
+            self._metrics.cleanup_deletions.labels("orphan_folder").inc()
             removed += 1
         return removed
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from .app import create_app
 from .config import ConfigError, Settings, from_env, settings_table
+from .logs import configure as configure_logging
 
 logger = logging.getLogger("oilspill")
 
@@ -56,7 +57,8 @@ def serve(settings: Settings) -> None:
     web.run_app(
         app, host=settings.host, port=settings.port, access_log=None,
         shutdown_timeout=settings.shutdown_grace_s,
-        print=lambda _: logger.info("oilspill listening on http://%s:%d, ML service %s",
+        print=lambda _: logger.info("oilspill listening on http://%s:%d (the page: http://%s:%d/"
+                                    "), ML service %s", settings.host, settings.port,
                                     settings.host, settings.port, ml))
 
 
@@ -79,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"oilspill: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_json)
     if args.command == "serve":
         serve(settings)
     elif args.command == "demo":

@@ -116,6 +116,12 @@ class Settings:
         "OILSPILL_CORS_ORIGINS", "",
         "Comma-separated origins allowed to call the API from a browser on another origin, "
         "e.g. `https://ops.example.org`; empty: no CORS headers.")
+    metrics_public: bool = _setting(
+        "OILSPILL_METRICS_PUBLIC", True,
+        "1: GET /metrics is open (for a Prometheus on the same network); 0: it needs the "
+        "token like /api/.")
+    log_json: bool = _setting(
+        "OILSPILL_LOG_JSON", False, "1: log one JSON object a line; 0: plain text lines.")
     log_level: str = _setting(
         "OILSPILL_LOG_LEVEL", "INFO", "Logging level: DEBUG, INFO, WARNING or ERROR.")
     bundled_ml_stub: bool = field(default=False, metadata={"env": None})
@@ -155,6 +161,12 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if kind in ("bool", bool):
+        if raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}={raw!r}: expected 1 or 0")
     if kind in ("Path", Path):
         if not raw.strip():
             raise ConfigError(f"{name} is empty: expected a folder path")
@@ -204,7 +216,9 @@ def settings_table() -> str:
         name = f.metadata.get("env")
         if name:
             default = f.default
-            if isinstance(default, int) and default >= MIB and default % MIB == 0:
+            if isinstance(default, bool):
+                shown = "1" if default else "0"
+            elif isinstance(default, int) and default >= MIB and default % MIB == 0:
                 shown = f"{default} ({default // MIB} MiB)" if default < GIB else (
                     f"{default} ({default // GIB} GiB)")
             else:

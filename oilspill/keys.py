@@ -9,6 +9,7 @@ from aiohttp import web
 from .cleanup import Retention
 from .config import Settings
 from .looplag import LoopLagMonitor
+from .metrics import Metrics
 from .ml_client import MLClient
 from .results import ResultArchives
 from .store import Store
@@ -21,6 +22,7 @@ POOL = web.AppKey("pool", WorkerPool)
 ARCHIVES = web.AppKey("archives", ResultArchives)
 RETENTION = web.AppKey("retention", Retention)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
+METRICS = web.AppKey("metrics", Metrics)
 # Set when shutdown begins: uploads are refused from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)
 # Ids of jobs whose upload is still arriving: their folders have no row yet.

@@ -82,10 +82,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 @web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer by route (the pattern, not the path: ids would explode the
+    label set), method and status."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        request.app[keys.METRICS].http_requests.labels(name, request.method, str(status)).inc()
+
+
+def _needs_token(request: web.Request) -> bool:
+    settings = request.app[keys.SETTINGS]
+    if not settings.api_token or request.method == "OPTIONS":
+        return False
+    return request.path.startswith("/api/") or (
+        request.path == "/metrics" and not settings.metrics_public)
+
+
+@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With OILSPILL_API_TOKEN set, every /api/ call needs `Authorization: Bearer <token>`."""
+    """With OILSPILL_API_TOKEN set, every /api/ call needs `Authorization: Bearer <token>`
+    (and /metrics, with OILSPILL_METRICS_PUBLIC=0)."""
     token = request.app[keys.SETTINGS].api_token
-    if token and request.path.startswith("/api/") and request.method != "OPTIONS":
+    if _needs_token(request):
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken does not tell how much of the token was right.
         if scheme.lower() != "bearer" or not hmac.compare_digest(

@@ -18,6 +18,8 @@ from pathlib import Path
 import aiofiles
 import aiohttp
 
+from .metrics import Metrics
+
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 1024
@@ -43,6 +45,14 @@ class MLUnavailable(MLError):
 
 class MLUnreachable(MLUnavailable):
     """No connection could be made: the service is down or the link is."""
+
+
+def _error_kind(exc: MLError) -> str:
+    if isinstance(exc, MLUnreachable):
+        return "unreachable"
+    if isinstance(exc, MLUnavailable):
+        return "timeout" if "timed out" in str(exc) else "unavailable"
+    return "rejected"
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -78,8 +88,9 @@ class MLClient:
     """Calls one ML service through a shared aiohttp session."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_s: float,
-                 connect_timeout_s: float, max_response_bytes: int) -> None:
+                 connect_timeout_s: float, max_response_bytes: int, metrics: Metrics) -> None:
         self._session = session
+        self._metrics = metrics
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         self._max_response_bytes = max_response_bytes
@@ -95,6 +106,17 @@ class MLClient:
 
         Raises MLRejected or MLUnavailable; `spill_to` may be left partial on error.
         """
+        started = time.monotonic()
+        try:
+            return await self._segment(image, filename, content_type, spill_to)
+        except MLError as exc:
+            self._metrics.ml_errors.labels(_error_kind(exc)).inc()
+            raise
+        finally:
+            self._metrics.ml_call_seconds.observe(time.monotonic() - started)
+
+    async def _segment(self, image: bytes | Path, filename: str, content_type: str,
+                       spill_to: Path) -> bytes | Path:
         fh = await asyncio.to_thread(open, image, "rb") if isinstance(image, Path) else None
         try:
             form = aiohttp.FormData()

@@ -91,6 +91,13 @@ _SCHEMAS: dict[str, Any] = {
             "waiting_for_ml_service": {"type": "boolean"},
             "archive_url": {"type": ["string", "null"]}},
     },
+    "TaskPage": {
+        "type": "object", "required": ["job_id", "total", "offset", "limit", "tasks"],
+        "properties": {"job_id": _UUID, "total": {"type": "integer", "minimum": 0},
+                       "offset": {"type": "integer", "minimum": 0},
+                       "limit": {"type": "integer", "minimum": 1},
+                       "tasks": {"type": "array", "items": _ref("Task")}},
+    },
     "Deleted": {
         "type": "object", "required": ["job_id", "status", "tasks"],
         "properties": {"job_id": _UUID, "status": {"const": "deleted"},
@@ -158,6 +165,23 @@ def _paths() -> dict[str, Any]:
                        "responses": {"200": _json(_ref("Deleted"), "Deleted"),
                                      **_errors(*_COMMON, 410)}},
         },
+        "/api/job/{job_id}/tasks": {"get": {
+            "summary": "A job's tasks in upload order, a page at a time",
+            "security": _SECURED,
+            "parameters": [_id_param("job_id"),
+                           {"name": "offset", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                           {"name": "limit", "in": "query", "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                       "default": 500}}],
+            "responses": {"200": _json(_ref("TaskPage"), "The page"),
+                          **_errors(400, *_COMMON, 410)}}},
+        "/api/job/{job_id}/events": {"get": {
+            "summary": "Live progress: server-sent events `progress`, `task` and `end`",
+            "security": _SECURED, "parameters": [_id_param("job_id")],
+            "responses": {"200": {"description": "An event stream", "content": {
+                "text/event-stream": {"schema": {"type": "string"}}}},
+                **_errors(*_COMMON, 410)}}},
         "/api/archive/{job_id}": {"get": {
             "summary": "Build (once) a finished job's result zip and link to it",
             "security": _SECURED, "parameters": [_id_param("job_id")],
@@ -174,6 +198,23 @@ def _paths() -> dict[str, Any]:
             "summary": "This document", "security": _SECURED,
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document"),
                           **_errors(401)}}},
+        "/": {"get": {"summary": "The web page: upload a zip, follow it, see the results",
+                      "responses": {"200": {"description": "HTML", "content": {
+                          "text/html": {"schema": {"type": "string"}}}}}}},
+        "/static/{name}": {"get": {
+            "summary": "The page's script, style and icon",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": {
+                "text/javascript": {"schema": {"type": "string"}},
+                "text/css": {"schema": {"type": "string"}},
+                "image/svg+xml": {"schema": {"type": "string"}}}},
+                **_errors(404)}}},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics (behind the token when OILSPILL_METRICS_PUBLIC=0)",
+            "security": [{}, {"bearer": []}],
+            "responses": {"200": {"description": "Prometheus text format", "content": {
+                "text/plain": {"schema": {"type": "string"}}}}, **_errors(401)}}},
         "/healthz": {"get": {
             "summary": "Liveness: the database answers",
             "responses": {"200": _json(_ref("Health"), "Healthy"),

@@ -114,6 +114,11 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE id = NEW.job_id;
     END;
     """,
+    """
+    -- A job's tasks in upload order (listing), and as they finish (live events).
+    CREATE INDEX tasks_by_job_seq ON tasks(job_id, seq);
+    CREATE INDEX tasks_by_job_finished ON tasks(job_id, finished_at);
+    """,
 )
 
 
@@ -273,10 +278,19 @@ class Store:
             progress=progress,
         )
 
-    async def list_tasks(self, job_id: str) -> list[Task]:
-        """The job's tasks in upload order."""
+    async def list_tasks(self, job_id: str, offset: int = 0, limit: int = -1) -> list[Task]:
+        """The job's tasks in upload order (a page of them with offset and limit)."""
         async with self._reader.execute(
-            "SELECT * FROM tasks WHERE job_id = ? ORDER BY seq", (job_id,)
+            "SELECT * FROM tasks WHERE job_id = ? ORDER BY seq LIMIT ? OFFSET ?",
+            (job_id, limit, offset),
+        ) as cur:
+            return [_task(row) for row in await cur.fetchall()]
+
+    async def tasks_finished_since(self, job_id: str, since: float) -> list[Task]:
+        """The job's tasks that finished after `since` (epoch seconds), oldest first."""
+        async with self._reader.execute(
+            "SELECT * FROM tasks WHERE job_id = ? AND finished_at > ? ORDER BY finished_at",
+            (job_id, since),
         ) as cur:
             return [_task(row) for row in await cur.fetchall()]
 
@@ -441,12 +455,15 @@ class Store:
             cur = await db.execute("DELETE FROM tombstones WHERE deleted_at < ?", (cutoff,))
             return cur.rowcount
 
-    async def count_queued(self) -> int:
+    async def count_tasks(self) -> dict[TaskStatus, int]:
+        """Tasks of every job by status (for metrics)."""
+        counts = dict.fromkeys(TaskStatus, 0)
         async with self._reader.execute(
-            "SELECT COUNT(*) FROM tasks WHERE status = 'queued'"
+            "SELECT status, COUNT(*) FROM tasks GROUP BY status"
         ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
+            async for status, count in cur:
+                counts[TaskStatus(status)] = count
+        return counts
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:

@@ -91,6 +91,7 @@ class IncomingUpload:
         self._active = active
         self._expected_bytes = expected_bytes or 0
         self.job_id = new_id()
+        self.received_bytes = 0
         self._paths = JobPaths(settings.jobs_dir, self.job_id)
         self._committed = False
 
@@ -129,6 +130,7 @@ class IncomingUpload:
                 await asyncio.to_thread(os.fsync, out.fileno())
         await asyncio.to_thread(os.replace, self._paths.upload_part, self._paths.upload)
         logger.info("job %s: received %d bytes", self.job_id, received)
+        self.received_bytes = received
         return received
 
     async def commit(self, upload_name: str) -> Accepted:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .jobs import RetryPolicy, Task, TaskOutcome
 from .masks import Answer, UnreadableImage, probe_image, read_answer
+from .metrics import Metrics
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
 from .paths import JobPaths
@@ -41,7 +42,7 @@ class WorkerPool:
 
     def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
-                 workers: int | None = None,
+                 metrics: Metrics, workers: int | None = None,
                  rng: random.Random | None = None) -> None:
         self._store = store
         self._ml = ml
@@ -49,6 +50,7 @@ class WorkerPool:
         self._policy = policy
         self._gate = gate
         self._max_image_pixels = max_image_pixels
+        self._metrics = metrics
         # Twice as many workers as ML slots: while some read images, keep answers or wait
         # for their group commit, others hold every slot, so the ML service never waits.
         self._workers = workers or 2 * concurrency
@@ -220,6 +222,7 @@ class WorkerPool:
         delay_s = self._policy.delay_s(task.attempts, exc.retry_after_s, self._rng)
         logger.warning("job %s task %s: attempt %d failed, retrying in %.2f s: %s",
                        task.job_id, task.id, task.attempts, delay_s, exc)
+        self._metrics.retries.inc()
         await self._recorder.retry(task.id, str(exc), time.time() + delay_s)
 
     async def _fail(self, task: Task, reason: str, width: int | None = None,
