@@ -1,4 +1,5 @@
-"""Entry points: `oilspill serve`, `oilspill demo`, `oilspill settings`."""
+"""Entry points: `oilspill serve`, `demo`, `settings`, and the client's `submit`,
+`status` and `fetch` (see commands.py for their exit codes)."""
 
 from __future__ import annotations
 
@@ -71,7 +72,38 @@ def main(argv: list[str] | None = None) -> None:
                       help="folder for the demo's zip, data and results (default ./oilspill-demo)")
     demo.add_argument("--images", type=int, default=6, help="how many scenes (default 6)")
     sub.add_parser("settings", help="print every setting as a Markdown table")
+    submit = sub.add_parser("submit", help="upload a zip (or a folder of images), wait, "
+                                           "download the results")
+    submit.add_argument("path", type=Path, help="a zip of images, or a folder of them")
+    submit.add_argument("--no-wait", action="store_true",
+                        help="print the job id and exit once the upload is accepted")
+    status = sub.add_parser("status", help="a job's progress")
+    status.add_argument("job_id")
+    fetch = sub.add_parser("fetch", help="wait for a job and download its results")
+    fetch.add_argument("job_id")
+    for client_parser in (submit, status, fetch):
+        client_parser.add_argument("--server", default="http://127.0.0.1:8000",
+                                   help="the oilspill server (default http://127.0.0.1:8000)")
+        client_parser.add_argument("--token", default=None,
+                                   help="the server's API token, if it has one")
+        client_parser.add_argument("--json", action="store_true",
+                                   help="machine-readable output on stdout, no bars")
+        client_parser.add_argument("--give-up-s", type=float, default=600.0,
+                                   help="how long to keep retrying an unreachable server "
+                                        "(default 600)")
+    for client_parser in (submit, fetch):
+        client_parser.add_argument("--out", type=Path, default=None,
+                                   help="where to save the result zip (default: its name "
+                                        "in the current folder)")
     args = parser.parse_args(argv)
+
+    if args.command in ("submit", "status", "fetch"):
+        from .commands import ClientOptions, run
+
+        options = ClientOptions(args.server, args.token, args.json, args.give_up_s)
+        target = str(args.path) if args.command == "submit" else args.job_id
+        raise SystemExit(run(options, args.command, target, getattr(args, "out", None),
+                             not getattr(args, "no_wait", False)))
 
     if args.command == "settings":
         print(settings_table())

@@ -1,9 +1,15 @@
-"""A small async client of oilspill's HTTP API (used by `oilspill demo`)."""
+"""An async client of oilspill's HTTP API: used by `oilspill submit/status/fetch` and the demo.
+
+It rides out a server that restarts or a link that drops: connection errors and 502/503/504
+are retried with growing waits until `give_up_s` has passed without an answer.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import random
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +17,7 @@ import aiofiles
 import aiohttp
 
 CHUNK_BYTES = 256 * 1024
+RETRY_STATUSES = {502, 503, 504}
 
 
 class ApiFailure(Exception):
@@ -19,6 +26,10 @@ class ApiFailure(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
+
+
+class ServerGone(Exception):
+    """The server did not answer for longer than the client is willing to wait."""
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
@@ -33,32 +44,71 @@ async def _json(resp: aiohttp.ClientResponse) -> Any:
 
 
 class OilspillClient:
-    """Calls one oilspill server through an aiohttp session."""
+    """Calls one oilspill server through an aiohttp session.
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+    on_retry, when given, is told the reason each time a call is about to be retried.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str | None = None,
+                 give_up_s: float = 600.0,
+                 on_retry: Callable[[str], None] | None = None) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._give_up_s = give_up_s
+        self._on_retry = on_retry
 
-    async def upload(self, zip_path: Path) -> dict[str, Any]:
-        """Upload a zip (streamed from disk); the server's 202 answer."""
-        fh = await asyncio.to_thread(open, zip_path, "rb")
+    async def _retrying(self, call: Callable[[], Any]) -> Any:
+        """Run `call` (a fresh request each time) until it gets a real answer."""
+        deadline = time.monotonic() + self._give_up_s
+        wait_s = 0.25
+        while True:
+            try:
+                return await call()
+            except ApiFailure as exc:
+                if exc.status not in RETRY_STATUSES:
+                    raise
+                reason = f"server busy or restarting ({exc})"
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                reason = f"server unreachable ({exc.__class__.__name__})"
+            if time.monotonic() + wait_s > deadline:
+                raise ServerGone(f"no answer from {self._base} for {self._give_up_s:g} s: "
+                                 f"{reason}")
+            if self._on_retry:
+                self._on_retry(reason)
+            await asyncio.sleep(random.uniform(wait_s / 2, wait_s))
+            wait_s = min(wait_s * 2, 10.0)
+
+    async def _get(self, path: str) -> Any:
+        async def call() -> Any:
+            async with self._session.get(f"{self._base}{path}", headers=self._headers) as resp:
+                return await _json(resp)
+        return await self._retrying(call)
+
+    async def upload(self, body: Path | AsyncIterator[bytes], filename: str) -> dict[str, Any]:
+        """Upload a zip (a file, or chunks made on the fly) streamed; the server's 202 answer.
+
+        Not retried: a body made on the fly cannot be sent twice.
+        """
+        fh = await asyncio.to_thread(open, body, "rb") if isinstance(body, Path) else None
         try:
             form = aiohttp.FormData()
-            form.add_field("file", fh, filename=zip_path.name, content_type="application/zip")
-            async with self._session.post(f"{self._base}/api/upload/", data=form) as resp:
+            form.add_field("file", fh or body, filename=filename,
+                           content_type="application/zip")
+            async with self._session.post(f"{self._base}/api/upload/", data=form,
+                                          headers=self._headers) as resp:
                 return dict(await _json(resp))
         finally:
-            await asyncio.to_thread(fh.close)
+            if fh is not None:
+                await asyncio.to_thread(fh.close)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        async with self._session.get(f"{self._base}/api/job/{job_id}") as resp:
-            return dict(await _json(resp))
+        return dict(await self._get(f"/api/job/{job_id}"))
 
     async def task(self, task_id: str) -> dict[str, Any]:
-        async with self._session.get(f"{self._base}/api/task/{task_id}") as resp:
-            return dict(await _json(resp))
+        return dict(await self._get(f"/api/task/{task_id}"))
 
-    async def wait(self, job_id: str, interval_s: float = 0.25,
+    async def wait(self, job_id: str, interval_s: float = 0.5,
                    on_progress: Callable[[dict[str, Any]], None] | None = None
                    ) -> dict[str, Any]:
         """Poll the job until it is finished; return its last progress."""
@@ -71,15 +121,23 @@ class OilspillClient:
             await asyncio.sleep(interval_s)
 
     async def archive_url(self, job_id: str) -> str:
-        async with self._session.get(f"{self._base}/api/archive/{job_id}") as resp:
-            return str((await _json(resp))["archive_url"])
+        return str((await self._get(f"/api/archive/{job_id}"))["archive_url"])
 
-    async def download(self, url: str, dest: Path) -> Path:
-        """Save a result zip (streamed to disk)."""
-        async with self._session.get(f"{self._base}{url}") as resp:
-            if resp.status != 200:
-                await _json(resp)
-            async with aiofiles.open(dest, "wb") as out:
-                async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                    await out.write(chunk)
-        return dest
+    async def download(self, url: str, dest: Path,
+                       on_bytes: Callable[[int, int | None], None] | None = None) -> Path:
+        """Save a result zip, streamed to disk; on_bytes(received, total) as it comes."""
+        async def call() -> Path:
+            async with self._session.get(f"{self._base}{url}", headers=self._headers) as resp:
+                if resp.status != 200:
+                    await _json(resp)
+                partial = dest.with_name(dest.name + ".part")
+                received = 0
+                async with aiofiles.open(partial, "wb") as out:
+                    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                        await out.write(chunk)
+                        received += len(chunk)
+                        if on_bytes:
+                            on_bytes(received, resp.content_length)
+                await asyncio.to_thread(partial.replace, dest)
+                return dest
+        return Path(await self._retrying(call))

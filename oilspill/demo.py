@@ -48,7 +48,7 @@ async def run_demo(out_dir: Path, images: int, settings: Settings) -> dict[str, 
         try:
             async with aiohttp.ClientSession() as session:
                 client = OilspillClient(session, base)
-                accepted = await client.upload(zip_path)
+                accepted = await client.upload(zip_path, zip_path.name)
                 print(f"uploaded: job {accepted['job_id']}, {len(accepted['task_ids'])} images")
                 last = [""]
 

@@ -1,0 +1,187 @@
+"""The client commands: `oilspill submit`, `oilspill status`, `oilspill fetch`.
+
+Progress bars (tqdm) go to stderr, and only when it is a terminal; results go to stdout,
+as a short table or, with --json, one JSON object.
+
+Exit codes: 0 every image done; 1 the job finished with failed images; 2 bad arguments;
+3 the server refused (bad zip, wrong token, unknown job ...); 4 no answer from the server
+for longer than --give-up-s; 5 (status only) the job is not finished yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from tqdm import tqdm
+
+from .archive import folder_files, zip_stream
+from .client import ApiFailure, OilspillClient, ServerGone
+
+EXIT_OK, EXIT_FAILURES, EXIT_REFUSED, EXIT_GONE, EXIT_RUNNING = 0, 1, 3, 4, 5
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    server: str
+    token: str | None
+    as_json: bool
+    give_up_s: float
+
+    @property
+    def bars(self) -> bool:
+        return not self.as_json and sys.stderr.isatty()
+
+
+def _bar(options: ClientOptions, **kwargs: Any) -> tqdm:
+    return tqdm(file=sys.stderr, disable=not options.bars, dynamic_ncols=True, **kwargs)
+
+
+def _say(options: ClientOptions, message: str) -> None:
+    if not options.as_json:
+        print(message, file=sys.stderr)
+
+
+async def _chunks(source: Iterator[bytes], bar: tqdm) -> AsyncIterator[bytes]:
+    """Read a blocking chunk source in a thread, counting bytes on the bar."""
+    while (chunk := await asyncio.to_thread(next, source, None)) is not None:
+        bar.update(len(chunk))
+        yield chunk
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(256 * 1024):
+            yield chunk
+
+
+def _source(path: Path) -> tuple[int, Iterator[bytes], str]:
+    """(bytes to send, the chunks, the upload's name) of a zip or a folder to zip."""
+    if path.is_dir():
+        files = folder_files(path)
+        if not files:
+            raise ApiFailure(400, f"{path} holds no files")
+        total = sum(f.stat().st_size for f in files)
+        return total, zip_stream(path, files), f"{path.resolve().name or 'images'}.zip"
+    return path.stat().st_size, _file_chunks(path), path.name
+
+
+async def _upload(client: OilspillClient, path: Path, options: ClientOptions
+                  ) -> dict[str, Any]:
+    total, source, name = await asyncio.to_thread(_source, path)
+    with _bar(options, total=total, unit="B", unit_scale=True, desc="upload") as bar:
+        return await client.upload(_chunks(source, bar), name)
+
+
+async def _wait(client: OilspillClient, job_id: str, total: int, options: ClientOptions
+                ) -> dict[str, Any]:
+    with _bar(options, total=total, unit="img", desc="images") as bar:
+        def progress(job: dict[str, Any]) -> None:
+            bar.total = job["total"]
+            bar.n = job["done"] + job["failed"]
+            state = {"failed": job["failed"]}
+            if job["waiting_for_ml_service"]:
+                state["ml"] = "unreachable, waiting"
+            bar.set_postfix(state, refresh=False)
+            bar.refresh()
+        return await client.wait(job_id, 1.0, progress)
+
+
+async def _download(client: OilspillClient, job_id: str, out: Path | None,
+                    options: ClientOptions) -> Path:
+    url = await client.archive_url(job_id)
+    dest = out or Path(url.rsplit("/", 1)[1])
+    with _bar(options, unit="B", unit_scale=True, desc="download") as bar:
+        def progress(received: int, total: int | None) -> None:
+            bar.total = total
+            bar.n = received
+            bar.refresh()
+        return await client.download(url, dest, progress)
+
+
+def _summary(zip_path: Path) -> dict[str, Any]:
+    with zipfile.ZipFile(zip_path) as zf:
+        rows = json.loads(zf.read("summary.json"))
+    fractions = [r["oil_fraction"] for r in rows if r["oil_fraction"] is not None]
+    return {"images": len(rows), "done": sum(r["status"] == "done" for r in rows),
+            "failed": sum(r["status"] == "failed" for r in rows),
+            "images_with_oil": sum(f > 0 for f in fractions),
+            "largest_oil_fraction": max(fractions, default=None), "rows": rows}
+
+
+def _report(job: dict[str, Any], zip_path: Path, options: ClientOptions) -> int:
+    summary = _summary(zip_path)
+    code = EXIT_FAILURES if summary["failed"] else EXIT_OK
+    if options.as_json:
+        print(json.dumps({"job_id": job["job_id"], "status": job["status"],
+                          "result": str(zip_path.resolve()), **summary}))
+        return code
+    largest = summary["largest_oil_fraction"]
+    print(f"job {job['job_id']}: results in {zip_path}")
+    print(f"  images               {summary['images']}")
+    print(f"  done                 {summary['done']}")
+    print(f"  failed               {summary['failed']}")
+    print(f"  images with oil      {summary['images_with_oil']}")
+    print(f"  largest oil fraction {'n/a' if largest is None else f'{largest:.2%}'}")
+    for row in summary["rows"]:
+        if row["status"] == "failed":
+            print(f"  failed: {row['filename']}: {row['error']}")
+    if code:
+        print(f"oilspill: {summary['failed']} of {summary['images']} images failed",
+              file=sys.stderr)
+    return code
+
+
+async def _run(options: ClientOptions, action: str, target: str, out: Path | None,
+               wait: bool) -> int:
+    def retrying(reason: str) -> None:
+        _say(options, f"oilspill: {reason}; retrying")
+
+    async with aiohttp.ClientSession() as session:
+        client = OilspillClient(session, options.server, options.token, options.give_up_s,
+                                retrying)
+        try:
+            if action == "submit":
+                accepted = await _upload(client, Path(target), options)
+                job_id, total = accepted["job_id"], len(accepted["task_ids"])
+                if not wait:
+                    print(json.dumps(accepted) if options.as_json else job_id)
+                    return EXIT_OK
+            else:
+                job_id, total = target, 0
+            if action == "status":
+                job = await client.job(job_id)
+                if options.as_json:
+                    print(json.dumps(job))
+                else:
+                    print(f"job {job_id}: {job['status']}, {job['done']} done, {job['failed']}"
+                          f" failed, {job['queued'] + job['running']} to go of {job['total']}"
+                          + (" (waiting for the ML service)"
+                             if job["waiting_for_ml_service"] else ""))
+                return EXIT_RUNNING if job["finished_at"] is None else (
+                    EXIT_FAILURES if job["failed"] else EXIT_OK)
+            job = await _wait(client, job_id, total, options)
+            zip_path = await _download(client, job_id, out, options)
+            return _report(job, zip_path, options)
+        except ApiFailure as exc:
+            print(f"oilspill: the server refused: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        except ServerGone as exc:
+            print(f"oilspill: {exc}", file=sys.stderr)
+            return EXIT_GONE
+        except OSError as exc:
+            print(f"oilspill: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+
+
+def run(options: ClientOptions, action: str, target: str, out: Path | None = None,
+        wait: bool = True) -> int:
+    """Run one client command; returns the exit code."""
+    return asyncio.run(_run(options, action, target, out, wait))

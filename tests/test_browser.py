@@ -1,0 +1,147 @@
+"""The web page in a real browser: headless Chromium (Debian's chromium and chromium-driver)
+driven by Selenium, against a real server and ML stub on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ml_stub.scenes import write_zip
+
+from .procs import clean_env, free_port
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+SCREENSHOT = os.environ.get("OILSPILL_SCREENSHOT")  # set to keep a picture of the page
+TOKEN = "field-station-token"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("browser")
+    stub_port, port = free_port(), free_port()
+    stub = subprocess.Popen([sys.executable, "-m", "ml_stub", "--port", str(stub_port),
+                             "--latency-ms", "150"], env=clean_env(), cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(
+        [sys.executable, "-m", "oilspill", "serve"], cwd=tmp, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp / "data"),
+                      ML_SERVICE_URL=f"http://127.0.0.1:{stub_port}",
+                      OILSPILL_API_TOKEN=TOKEN, OILSPILL_CONCURRENCY="2"))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
+                break
+        except OSError:
+            assert time.monotonic() < deadline and srv.poll() is None
+            time.sleep(0.05)
+    yield base
+    for proc in (srv, stub):
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False})
+    driver = webdriver.Chrome(service=Service(DRIVER or "/usr/bin/chromedriver"),
+                              options=options)
+    driver.downloads = downloads  # type: ignore[attr-defined]
+    yield driver
+    driver.quit()
+
+
+def api(base: str, path: str) -> dict:
+    request = urllib.request.Request(f"{base}{path}",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(condition, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "the page never got there"
+        time.sleep(0.1)
+
+
+def test_upload_follow_gallery_and_download(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    images = tmp_path / "scenes.zip"
+    write_zip(images, 6, (256, 256), seed=40, tiff_every=3)
+    browser.get(server + "/")
+    assert browser.title == "oilspill"
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "file").send_keys(str(images))
+
+    figures = wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#gallery figure"))
+                       == 6 and browser.find_elements(By.CSS_SELECTOR, "#gallery figure"))
+    wait_for(lambda: browser.find_element(By.ID, "download").is_enabled())
+    job_id = browser.find_element(By.ID, "job-id").text
+    job = api(server, f"/api/job/{job_id}")
+    assert (job["done"], job["total"]) == (6, 6)
+    assert "6 of 6 images" in browser.find_element(By.ID, "job-bar").text
+
+    shown = {f.get_attribute("data-filename"):
+             float(f.find_element(By.CSS_SELECTOR, ".fraction").get_attribute("data-fraction"))
+             for f in figures}
+    tasks = api(server, f"/api/job/{job_id}/tasks")["tasks"]
+    assert shown == {t["filename"]: t["result"]["oil_fraction"] for t in tasks}
+    for figure in figures:  # every overlay arrived and decoded (the token went with it)
+        wait_for(lambda f=figure: browser.execute_script(
+            "const i = arguments[0].querySelector('img');"
+            "return i.complete && i.naturalWidth > 0;", f))
+        text = figure.find_element(By.CSS_SELECTOR, ".fraction").text
+        name = figure.get_attribute("data-filename")
+        assert text == f"{shown[name] * 100:.2f}% oil"
+
+    if SCREENSHOT:
+        browser.save_screenshot(SCREENSHOT)
+    browser.find_element(By.ID, "download").click()
+    (zipped,) = wait_for(lambda: [p for p in browser.downloads.glob("*.zip")])
+    with zipfile.ZipFile(zipped) as zf:
+        assert len([n for n in zf.namelist() if n.startswith("overlays/")]) == 6
+
+
+def test_a_wrong_token_is_reported_on_the_page(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    images = tmp_path / "one.zip"
+    write_zip(images, 1, (64, 64), seed=3)
+    browser.get(server + "/")
+    browser.find_element(By.ID, "token").send_keys("not-the-token")
+    browser.find_element(By.ID, "file").send_keys(str(images))
+    message = wait_for(lambda: browser.find_element(By.ID, "message").text)
+    assert "401" in message
