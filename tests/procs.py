@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +172,34 @@ class Api:
         async with self.session.get(f"{self.base}{body['archive_url']}") as resp:
             assert resp.status == 200
             return zipfile.ZipFile(io.BytesIO(await resp.read()))
+
+
+@contextlib.contextmanager
+def live_stack(tmp: Path, stub_flags: tuple[str, ...] = (), **settings: str) -> Iterator[str]:
+    """A stub process and a server process for a whole test module (no event loop needed);
+    yields the server's base URL."""
+    stub_port, port = free_port(), free_port()
+    stub = subprocess.Popen([sys.executable, "-m", "ml_stub", "--port", str(stub_port),
+                             *stub_flags], env=clean_env(), cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "oilspill", "serve"], cwd=tmp, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp / "data"),
+                      ML_SERVICE_URL=f"http://127.0.0.1:{stub_port}",
+                      OILSPILL_LOG_LEVEL="WARNING", **settings))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=1):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no server"
+                time.sleep(0.05)
+        yield base
+    finally:
+        for proc in (server, stub):
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import urllib.request
 import zipfile
@@ -18,7 +16,7 @@ import pytest
 
 from ml_stub.scenes import write_zip
 
-from .procs import clean_env, free_port
+from .procs import live_stack
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -30,30 +28,9 @@ TOKEN = "field-station-token"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("browser")
-    stub_port, port = free_port(), free_port()
-    stub = subprocess.Popen([sys.executable, "-m", "ml_stub", "--port", str(stub_port),
-                             "--latency-ms", "150"], env=clean_env(), cwd=tmp,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    srv = subprocess.Popen(
-        [sys.executable, "-m", "oilspill", "serve"], cwd=tmp, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp / "data"),
-                      ML_SERVICE_URL=f"http://127.0.0.1:{stub_port}",
-                      OILSPILL_API_TOKEN=TOKEN, OILSPILL_CONCURRENCY="2"))
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline and srv.poll() is None
-            time.sleep(0.05)
-    yield base
-    for proc in (srv, stub):
-        proc.terminate()
-        proc.wait(timeout=30)
+    with live_stack(tmp_path_factory.mktemp("browser"), ("--latency-ms", "150"),
+                    OILSPILL_API_TOKEN=TOKEN, OILSPILL_CONCURRENCY="2") as base:
+        yield base
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from oilspill.app import create_app
 from oilspill.config import Settings
 from oilspill.openapi import document
 
-from .procs import clean_env, free_port
+from .procs import live_stack
 
 
 def test_the_document_describes_exactly_the_routes(tmp_path):
@@ -36,31 +34,9 @@ async def test_the_document_is_served(client):
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`oilspill serve` with its bundled-stub twin: a real stub process and a real server."""
-    tmp = tmp_path_factory.mktemp("live")
-    stub_port, port = free_port(), free_port()
-    stub = subprocess.Popen([sys.executable, "-m", "ml_stub", "--port", str(stub_port)],
-                            env=clean_env(), cwd=tmp, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "oilspill", "serve"], cwd=tmp, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(Path(tmp) / "data"),
-                      ML_SERVICE_URL=f"http://127.0.0.1:{stub_port}",
-                      OILSPILL_LOG_LEVEL="WARNING"))
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline and server.poll() is None, "no live server"
-            time.sleep(0.05)
-    yield base
-    for proc in (server, stub):
-        proc.terminate()
-        proc.wait(timeout=30)
+    """A real stub process and a real `oilspill serve` process."""
+    with live_stack(tmp_path_factory.mktemp("live")) as base:
+        yield base
 
 
 def test_the_live_server_honours_its_document_under_fuzzing(live_server, tmp_path):
