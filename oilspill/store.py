@@ -21,106 +21,11 @@ from typing import Any
 import aiosqlite
 
 from .jobs import Job, NewTask, Progress, ResultKind, Task, TaskOutcome, TaskStatus
+from .schema import migrate
 
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
-
-# Each entry moves the schema one version up; never edit one that has shipped, append.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id           TEXT PRIMARY KEY,
-        upload_name  TEXT NOT NULL,
-        created_at   REAL NOT NULL,
-        finished_at  REAL,
-        archive_name TEXT,
-        skipped      TEXT NOT NULL DEFAULT '[]'
-    );
-    CREATE TABLE tasks (
-        id           TEXT PRIMARY KEY,
-        job_id       TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        seq          INTEGER NOT NULL,
-        filename     TEXT NOT NULL,
-        stored_name  TEXT NOT NULL,
-        content_type TEXT NOT NULL,
-        status       TEXT NOT NULL,
-        attempts     INTEGER NOT NULL DEFAULT 0,
-        created_at   REAL NOT NULL,
-        started_at   REAL,
-        finished_at  REAL,
-        width        INTEGER,
-        height       INTEGER,
-        result_kind  TEXT,
-        result_name  TEXT,
-        oil_pixels   INTEGER,
-        oil_fraction REAL,
-        error        TEXT
-    );
-    -- The claim looks up the oldest queued task; the rowid rides along in the index.
-    CREATE INDEX tasks_by_status ON tasks(status);
-    CREATE INDEX tasks_by_job ON tasks(job_id, status);
-    """,
-    """
-    -- A task waiting out a retry back-off is queued with not_before in the future.
-    ALTER TABLE tasks ADD COLUMN not_before REAL;
-    -- Ids of deleted jobs and tasks, so their URLs answer 410 Gone rather than 404.
-    CREATE TABLE tombstones (
-        id         TEXT PRIMARY KEY,
-        kind       TEXT NOT NULL,
-        deleted_at REAL NOT NULL
-    );
-    CREATE INDEX tombstones_by_age ON tombstones(deleted_at);
-    CREATE INDEX jobs_by_finished ON jobs(finished_at);
-    """,
-    """
-    -- Slicks in a done task's mask: 8-connected components, and the largest one's pixels.
-    ALTER TABLE tasks ADD COLUMN slick_count INTEGER;
-    ALTER TABLE tasks ADD COLUMN largest_slick_px INTEGER;
-    """,
-    """
-    -- Progress counters kept by triggers in the same transaction as every status change:
-    -- reading a job's progress is one row, whatever its size. The last task to finish
-    -- sets finished_at.
-    ALTER TABLE jobs ADD COLUMN n_queued INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN n_running INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN n_done INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE jobs ADD COLUMN n_failed INTEGER NOT NULL DEFAULT 0;
-    UPDATE jobs SET
-        n_queued = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'queued'),
-        n_running = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'running'),
-        n_done = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'done'),
-        n_failed = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'failed');
-    CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN
-        UPDATE jobs SET n_queued = n_queued + (NEW.status = 'queued'),
-                        n_running = n_running + (NEW.status = 'running'),
-                        n_done = n_done + (NEW.status = 'done'),
-                        n_failed = n_failed + (NEW.status = 'failed')
-        WHERE id = NEW.job_id;
-    END;
-    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
-    WHEN OLD.status <> NEW.status BEGIN
-        UPDATE jobs SET
-            n_queued = n_queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
-            n_running = n_running + (NEW.status = 'running') - (OLD.status = 'running'),
-            n_done = n_done + (NEW.status = 'done') - (OLD.status = 'done'),
-            n_failed = n_failed + (NEW.status = 'failed') - (OLD.status = 'failed'),
-            finished_at = CASE
-                WHEN finished_at IS NULL
-                 AND n_queued + (NEW.status = 'queued') - (OLD.status = 'queued')
-                     + n_running + (NEW.status = 'running') - (OLD.status = 'running') = 0
-                THEN (julianday('now') - 2440587.5) * 86400.0
-                ELSE finished_at END
-        WHERE id = NEW.job_id;
-    END;
-    """,
-    """
-    -- A job's tasks in upload order (listing), and as they finish (live events).
-    CREATE INDEX tasks_by_job_seq ON tasks(job_id, seq);
-    CREATE INDEX tasks_by_job_finished ON tasks(job_id, finished_at);
-    """,
-)
-
 
 # Finishing a task; the job's counters and finished_at follow by trigger.
 _FINISH_SQL = (
@@ -154,10 +59,6 @@ class StoreError(Exception):
 
 class NotFound(StoreError):
     """No row with that id."""
-
-
-class SchemaTooNew(StoreError):
-    """The database was written by a newer oilspill than this one."""
 
 
 def _now() -> float:
@@ -203,7 +104,7 @@ class Store:
         writer = await _connect(path)
         try:
             await writer.execute("PRAGMA journal_mode = WAL")
-            await _migrate(writer)
+            await migrate(writer)
             reader = await _connect(path)
         except BaseException:
             await writer.close()
@@ -334,22 +235,6 @@ class Store:
                 rows = await cur.fetchall()
         return sorted((_task(row) for row in rows), key=lambda t: (t.created_at, t.seq))
 
-    async def mark_task_done(self, task_id: str, outcome: TaskOutcome) -> None:
-        """Record a running task's result; finishes its job if it was the last one."""
-        await self._finish_task(task_id, TaskStatus.DONE, _done_values(outcome))
-
-    async def mark_task_failed(self, task_id: str, error: str,
-                               width: int | None = None, height: int | None = None) -> None:
-        """Record why a running task failed; finishes its job if it was the last one."""
-        await self._finish_task(task_id, TaskStatus.FAILED, _failed_values(error, width, height))
-
-    async def _finish_task(self, task_id: str, status: TaskStatus, values: dict[str, Any]) -> None:
-        params = {**values, "id": task_id, "status": status.value, "now": _now()}
-        async with self._transaction() as db:
-            cur = await db.execute(_FINISH_SQL, params)
-            if cur.rowcount != 1:
-                raise NotFound(f"no running task {task_id}")
-
     async def record(self, done: Sequence[tuple[str, TaskOutcome]],
                      failed: Sequence[tuple[str, str, int | None, int | None]],
                      retries: Sequence[tuple[str, str, float]]) -> None:
@@ -371,14 +256,6 @@ class Store:
                 await db.executemany(_RETRY_SQL, [
                     {"id": task_id, "error": reason, "not_before": not_before}
                     for task_id, reason, not_before in retries])
-
-    async def retry_task(self, task_id: str, error: str, not_before: float) -> None:
-        """Put a running task back in the queue, due at `not_before` (epoch seconds)."""
-        async with self._transaction() as db:
-            cur = await db.execute(
-                _RETRY_SQL, {"id": task_id, "error": error, "not_before": not_before})
-            if cur.rowcount != 1:
-                raise NotFound(f"no running task {task_id}")
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued task waiting out a back-off becomes due; None if none."""
@@ -464,39 +341,3 @@ class Store:
             async for status, count in cur:
                 counts[TaskStatus(status)] = count
         return counts
-
-
-async def _migrate(db: aiosqlite.Connection) -> None:
-    await db.execute("BEGIN IMMEDIATE")
-    try:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
-        current = row[0] if row and row[0] is not None else 0
-        if current > len(MIGRATIONS):
-            raise SchemaTooNew(
-                f"database schema version {current} is newer than this oilspill "
-                f"(knows up to {len(MIGRATIONS)}); upgrade oilspill")
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            for statement in _statements(MIGRATIONS[version - 1]):
-                await db.execute(statement)
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            logger.info("database schema migrated to version %d", version)
-    except BaseException:
-        await db.execute("ROLLBACK")
-        raise
-    await db.execute("COMMIT")
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration into statements; a trigger's body holds ';' and stays whole."""
-    statements, current = [], ""
-    for piece in script.split(";"):
-        current += piece + ";"
-        if sqlite3.complete_statement(current):
-            text = "\n".join(ln for ln in current.splitlines()
-                             if not ln.strip().startswith("--")).strip()
-            if text.strip(";").strip():
-                statements.append(text)
-            current = ""
-    return statements

@@ -121,7 +121,9 @@ def server_process(port: int, data_dir: Path, ml_url: str, cwd: Path,
     return Process([sys.executable, "-m", "oilspill", "serve"], env, cwd)
 
 
-async def wait_http(url: str, proc: Process, timeout_s: float = 30) -> None:
+async def wait_http(url: str, proc: Process, timeout_s: float = 30,
+                    interval_s: float = 0.05) -> None:
+    """Until `url` answers 200; fails if the process exits or the time runs out."""
     deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
         while True:
@@ -133,7 +135,7 @@ async def wait_http(url: str, proc: Process, timeout_s: float = 30) -> None:
             except aiohttp.ClientError:
                 pass
             assert time.monotonic() < deadline, f"{url} never answered:\n{proc.tail()}"
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(interval_s)
 
 
 class Api:

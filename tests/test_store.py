@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 
 from oilspill.jobs import JobStatus, NewTask, ResultKind, TaskOutcome, TaskStatus
 from oilspill.paths import new_id
-from oilspill.store import NotFound, SchemaTooNew, Store
+from oilspill.schema import SchemaTooNew
+from oilspill.store import NotFound, Store
 
 
 @pytest.fixture
@@ -74,13 +76,14 @@ async def test_state_changes_are_recorded_and_the_last_task_finishes_the_job(sto
     assert first and second
     assert (await store.get_job(job_id)).progress.running == 2
 
-    await store.mark_task_done(first.id, TaskOutcome(
+    await store.record(done=[(first.id, TaskOutcome(
         width=10, height=5, result_kind=ResultKind.MASK, result_name="000000.png",
-        oil_pixels=5, oil_fraction=0.1))
+        oil_pixels=5, oil_fraction=0.1))], failed=[], retries=[])
     job = await store.get_job(job_id)
     assert (job.progress.done, job.finished, job.progress.status) == (1, False, JobStatus.RUNNING)
 
-    await store.mark_task_failed(second.id, "ML service answered 422: nope")
+    await store.record(done=[], failed=[(second.id, "ML service answered 422: nope", None, None)],
+                       retries=[])
     job = await store.get_job(job_id)
     assert job.finished and job.progress.status is JobStatus.DONE
     assert (job.progress.done, job.progress.failed) == (1, 1)
@@ -95,9 +98,21 @@ async def test_state_changes_are_recorded_and_the_last_task_finishes_the_job(sto
 async def test_a_task_that_is_not_running_cannot_be_finished(store):
     tasks = new_tasks(1)
     await store.create_job(new_id(), "a.zip", tasks)
-    with pytest.raises(NotFound):
-        await store.mark_task_failed(tasks[0].id, "never claimed")
+    await store.record(done=[], failed=[(tasks[0].id, "never claimed", None, None)], retries=[])
     assert (await store.get_task(tasks[0].id)).status is TaskStatus.QUEUED
+
+
+async def test_a_retry_waits_until_it_is_due_and_a_release_refunds_the_attempt(store):
+    await store.create_job(new_id(), "a.zip", new_tasks(2))
+    first, second = await store.claim_tasks(2)
+    await store.record(done=[], failed=[], retries=[(first.id, "503", time.time() + 60)])
+    assert await store.next_due_at() == pytest.approx(time.time() + 60, abs=5)
+    assert await store.claim_tasks(5) == []  # not due yet
+    assert await store.release_tasks([second.id]) == 1
+    again = await store.claim_next_task()
+    assert again and again.id == second.id and again.attempts == 1
+    retried = await store.get_task(first.id)
+    assert (retried.status, retried.error, retried.attempts) == (TaskStatus.QUEUED, "503", 1)
 
 
 async def test_a_job_whose_tasks_all_failed_is_failed(store):
@@ -105,7 +120,7 @@ async def test_a_job_whose_tasks_all_failed_is_failed(store):
     await store.create_job(job_id, "a.zip", new_tasks(1))
     task = await store.claim_next_task()
     assert task
-    await store.mark_task_failed(task.id, "bad")
+    await store.record(done=[], failed=[(task.id, "bad", None, None)], retries=[])
     assert (await store.get_job(job_id)).progress.status is JobStatus.FAILED
 
 

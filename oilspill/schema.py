@@ -1,0 +1,151 @@
+"""The database schema: its migrations, applied in order at start-up.
+
+Each migration moves the schema one version up; a version table says where a database is.
+A database written by a newer oilspill is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import aiosqlite
+
+logger = logging.getLogger(__name__)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer oilspill than this one."""
+
+
+# Each entry moves the schema one version up; never edit one that has shipped, append.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        upload_name  TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        finished_at  REAL,
+        archive_name TEXT,
+        skipped      TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE tasks (
+        id           TEXT PRIMARY KEY,
+        job_id       TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        seq          INTEGER NOT NULL,
+        filename     TEXT NOT NULL,
+        stored_name  TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        created_at   REAL NOT NULL,
+        started_at   REAL,
+        finished_at  REAL,
+        width        INTEGER,
+        height       INTEGER,
+        result_kind  TEXT,
+        result_name  TEXT,
+        oil_pixels   INTEGER,
+        oil_fraction REAL,
+        error        TEXT
+    );
+    -- The claim looks up the oldest queued task; the rowid rides along in the index.
+    CREATE INDEX tasks_by_status ON tasks(status);
+    CREATE INDEX tasks_by_job ON tasks(job_id, status);
+    """,
+    """
+    -- A task waiting out a retry back-off is queued with not_before in the future.
+    ALTER TABLE tasks ADD COLUMN not_before REAL;
+    -- Ids of deleted jobs and tasks, so their URLs answer 410 Gone rather than 404.
+    CREATE TABLE tombstones (
+        id         TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        deleted_at REAL NOT NULL
+    );
+    CREATE INDEX tombstones_by_age ON tombstones(deleted_at);
+    CREATE INDEX jobs_by_finished ON jobs(finished_at);
+    """,
+    """
+    -- Slicks in a done task's mask: 8-connected components, and the largest one's pixels.
+    ALTER TABLE tasks ADD COLUMN slick_count INTEGER;
+    ALTER TABLE tasks ADD COLUMN largest_slick_px INTEGER;
+    """,
+    """
+    -- Progress counters kept by triggers in the same transaction as every status change:
+    -- reading a job's progress is one row, whatever its size. The last task to finish
+    -- sets finished_at.
+    ALTER TABLE jobs ADD COLUMN n_queued INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN n_failed INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET
+        n_queued = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'queued'),
+        n_running = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'running'),
+        n_done = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'done'),
+        n_failed = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id AND status = 'failed');
+    CREATE TRIGGER tasks_counted_on_insert AFTER INSERT ON tasks BEGIN
+        UPDATE jobs SET n_queued = n_queued + (NEW.status = 'queued'),
+                        n_running = n_running + (NEW.status = 'running'),
+                        n_done = n_done + (NEW.status = 'done'),
+                        n_failed = n_failed + (NEW.status = 'failed')
+        WHERE id = NEW.job_id;
+    END;
+    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
+    WHEN OLD.status <> NEW.status BEGIN
+        UPDATE jobs SET
+            n_queued = n_queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
+            n_running = n_running + (NEW.status = 'running') - (OLD.status = 'running'),
+            n_done = n_done + (NEW.status = 'done') - (OLD.status = 'done'),
+            n_failed = n_failed + (NEW.status = 'failed') - (OLD.status = 'failed'),
+            finished_at = CASE
+                WHEN finished_at IS NULL
+                 AND n_queued + (NEW.status = 'queued') - (OLD.status = 'queued')
+                     + n_running + (NEW.status = 'running') - (OLD.status = 'running') = 0
+                THEN (julianday('now') - 2440587.5) * 86400.0
+                ELSE finished_at END
+        WHERE id = NEW.job_id;
+    END;
+    """,
+    """
+    -- A job's tasks in upload order (listing), and as they finish (live events).
+    CREATE INDEX tasks_by_job_seq ON tasks(job_id, seq);
+    CREATE INDEX tasks_by_job_finished ON tasks(job_id, finished_at);
+    """,
+)
+
+
+async def migrate(db: aiosqlite.Connection) -> None:
+    """Bring the schema up to date in one IMMEDIATE transaction; raise SchemaTooNew."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT MAX(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        if current > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"database schema version {current} is newer than this oilspill "
+                f"(knows up to {len(MIGRATIONS)}); upgrade oilspill")
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            for statement in _statements(MIGRATIONS[version - 1]):
+                await db.execute(statement)
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            logger.info("database schema migrated to version %d", version)
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger's body holds ';' and stays whole."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            text = "\n".join(ln for ln in current.splitlines()
+                             if not ln.strip().startswith("--")).strip()
+            if text.strip(";").strip():
+                statements.append(text)
+            current = ""
+    return statements
