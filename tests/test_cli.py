@@ -105,3 +105,20 @@ async def test_serve_without_ml_service_url_runs_the_bundled_stub(tmp_path):
             pytest.skip("port 8002 is taken on this machine: the bundled stub cannot start")
     job = await serve_and_run_one_job(tmp_path, {})
     assert job["status"] == "done"
+
+
+async def test_an_open_server_beyond_loopback_warns_once(tmp_path, ml_url):
+    """No token and a non-loopback address: one warning line at start."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oilspill", "serve", cwd=tmp_path,
+        env=clean_env(OILSPILL_HOST="0.0.0.0", OILSPILL_PORT=str(port), ML_SERVICE_URL=ml_url,
+                      OILSPILL_DATA_DIR=str(tmp_path / "data")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        raw, _ = await asyncio.wait_for(proc.communicate(), 30)
+    warnings = [ln for ln in raw.decode().splitlines() if "OILSPILL_API_TOKEN is not set" in ln]
+    assert len(warnings) == 1 and "WARNING" in warnings[0]
