@@ -29,7 +29,7 @@ from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
 from .paths import JobPaths
 from .recorder import Recorder
-from .store import NotFound, Store
+from .store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,12 @@ class WorkerPool:
                 await asyncio.wait_for(
                     self._arrivals.wait_for(lambda: self._generation != seen), timeout_s)
 
-    async def _next_task(self) -> Task:
-        """The next claimed task: from the local queue, or from one batched claim."""
+    async def _next_task(self) -> Task | None:
+        """The next claimed task: from the local queue, or from one batched claim; None once
+        the pool is stopping."""
         while True:
+            if self._stopping:
+                return None
             if not self._ready.empty():
                 return self._ready.get_nowait()
             await self._gate.wait_open()
@@ -148,7 +151,7 @@ class WorkerPool:
     async def _run(self) -> None:
         while not self._stopping:
             task = await self._next_task()
-            if self._stopping:  # claimed as the pool stops: requeued by stop()
+            if task is None:
                 return
             child = asyncio.create_task(self._process(task))
             self._inflight[task.id] = (task, child)
@@ -159,9 +162,6 @@ class WorkerPool:
                 if current is not None and current.cancelling():
                     raise  # the pool is stopping
                 logger.info("job %s task %s: abandoned (job deleted)", task.job_id, task.id)
-            except NotFound:
-                logger.info("job %s task %s: its job was deleted meanwhile", task.job_id,
-                            task.id)
             except Exception as exc:
                 # A bug must not kill the worker or leave the job unfinished.
                 logger.exception("job %s task %s: internal error", task.job_id, task.id)
