@@ -1,14 +1,15 @@
 """Live progress of a job as server-sent events: `GET /api/job/{job_id}/events`.
 
 Events: `progress` (the job's body, whenever its counts change), `task` (a task's body as
-it finishes), `end` (the job is finished; the stream closes). A comment line every
-`HEARTBEAT_S` keeps proxies from closing a quiet stream. Reading a job's progress is one
+it finishes), `end` (the job is finished; the stream closes), `gone` (the job was
+deleted). A comment line every `HEARTBEAT_S` keeps proxies from closing a quiet stream. Reading a job's progress is one
 row (its counters), so a stream costs little however many tasks the job has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -17,6 +18,8 @@ from aiohttp import web
 
 from . import keys
 from .api import job_body, load_job, task_body
+from .jobs import Job
+from .store import NotFound
 
 POLL_S = 0.25
 HEARTBEAT_S = 15.0
@@ -29,11 +32,24 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 async def job_events(request: web.Request) -> web.StreamResponse:
     """GET /api/job/{job_id}/events"""
     job = await load_job(request)
-    store, pool = request.app[keys.STORE], request.app[keys.POOL]
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
     await response.prepare(request)
+    try:
+        await _stream(response, request, job)
+    except ConnectionResetError:
+        pass  # the client went away: nothing to tell it
+    except NotFound:  # the job was deleted meanwhile
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(_event("gone", {"job_id": job.id}))
+    with contextlib.suppress(ConnectionResetError):
+        await response.write_eof()
+    return response
+
+
+async def _stream(response: web.StreamResponse, request: web.Request, job: Job) -> None:
+    store, pool = request.app[keys.STORE], request.app[keys.POOL]
     since = 0.0
     last: dict[str, Any] | None = None
     quiet_since = time.monotonic()
@@ -55,5 +71,3 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             await response.write(b": still working\n\n")
             quiet_since = time.monotonic()
         await asyncio.sleep(max(0.0, POLL_S - (time.time() - polled_at)))
-    await response.write_eof()
-    return response

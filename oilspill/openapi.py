@@ -177,7 +177,7 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(_ref("TaskPage"), "The page"),
                           **_errors(400, *_COMMON, 410)}}},
         "/api/job/{job_id}/events": {"get": {
-            "summary": "Live progress: server-sent events `progress`, `task` and `end`",
+            "summary": "Live progress: server-sent events `progress`, `task`, `end`, `gone`",
             "security": _SECURED, "parameters": [_id_param("job_id")],
             "responses": {"200": {"description": "An event stream", "content": {
                 "text/event-stream": {"schema": {"type": "string"}}}},

@@ -112,3 +112,15 @@ def test_json_logs_are_one_object_a_line():
     assert "\n" not in line
     entry = json.loads(line)
     assert entry["message"] == "job j1 task t1: done" and entry["level"] == "INFO"
+
+
+async def test_events_say_gone_when_the_job_is_deleted(start_stub, aiohttp_client, settings):
+    slow = await start_stub(latency_ms=60_000)
+    client = await aiohttp_client(create_app(settings.with_changes(ml_service_url=slow)))
+    _, body = await upload(client, zip_bytes({"a.png": scene_png()}))
+    resp = await client.get(f"/api/job/{body['job_id']}/events")
+    first = await resp.content.readuntil(b"\n\n")
+    assert first.startswith(b"event: progress")
+    assert (await client.delete(f"/api/job/{body['job_id']}")).status == 200
+    rest = await resp.content.read()
+    assert b"event: gone" in rest
