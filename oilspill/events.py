@@ -2,8 +2,9 @@
 
 Events: `progress` (the job's body, whenever its counts change), `task` (a task's body as
 it finishes), `end` (the job is finished; the stream closes), `gone` (the job was
-deleted). A comment line every `HEARTBEAT_S` keeps proxies from closing a quiet stream. Reading a job's progress is one
-row (its counters), so a stream costs little however many tasks the job has.
+deleted). A comment line every `HEARTBEAT_S` keeps proxies from closing a quiet stream.
+Reading a job's progress is one row (its counters), so a stream costs little however many
+tasks the job has.
 """
 
 from __future__ import annotations
