@@ -96,7 +96,8 @@ def test_upload_follow_gallery_and_download(server, browser, tmp_path):
              for f in figures}
     tasks = api(server, f"/api/job/{job_id}/tasks")["tasks"]
     assert shown == {t["filename"]: t["result"]["oil_fraction"] for t in tasks}
-    for figure in figures:  # every overlay arrived and decoded (the token went with it)
+    for figure in figures:  # every overlay arrives and decodes once in view (with the token)
+        browser.execute_script("arguments[0].scrollIntoView();", figure)
         wait_for(lambda f=figure: browser.execute_script(
             "const i = arguments[0].querySelector('img');"
             "return i.complete && i.naturalWidth > 0;", f))
@@ -122,3 +123,26 @@ def test_a_wrong_token_is_reported_on_the_page(server, browser, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(images))
     message = wait_for(lambda: browser.find_element(By.ID, "message").text)
     assert "401" in message
+
+
+def test_overlays_are_fetched_only_near_the_screen(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    images = tmp_path / "many.zip"
+    write_zip(images, 24, (96, 96), seed=60)
+    browser.set_window_size(800, 600)
+    browser.get(server + "/")
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "file").send_keys(str(images))
+    wait_for(lambda: browser.find_element(By.ID, "download").is_enabled())
+    time.sleep(1)  # let any eager fetch happen, to be sure none does
+
+    def loaded() -> int:
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#gallery img')]"
+            ".filter(i => i.complete && i.naturalWidth > 0).length;")
+
+    before = loaded()
+    assert 0 < before < 24
+    browser.execute_script("window.scrollTo(0, document.body.scrollHeight);")
+    wait_for(lambda: loaded() > before)

@@ -112,6 +112,18 @@ async function imageUrl(path) {
   return URL.createObjectURL(await response.blob());
 }
 
+// Pictures are fetched when they come near the screen: a job of thousands of images costs
+// the server, and a slow link, only what is looked at.
+const pictures = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    const img = entry.target;
+    pictures.unobserve(img);
+    imageUrl(img.dataset.link).then((url) => { img.src = url; })
+      .catch(() => { img.alt = "no picture"; });
+  }
+}, { rootMargin: "400px" });
+
 function showTask(task) {
   if (current.shown.has(task.task_id) || (task.status !== "done" && task.status !== "failed")) return;
   current.shown.add(task.task_id);
@@ -132,7 +144,10 @@ function showTask(task) {
   const img = document.createElement("img");
   img.alt = `${task.filename}: oil tinted orange`;
   const link = result.overlay_url || result.picture_url;
-  if (link) imageUrl(link).then((url) => { img.src = url; }).catch(() => { img.alt = "no picture"; });
+  if (link) {
+    img.dataset.link = link;
+    pictures.observe(img);
+  }
   const caption = document.createElement("figcaption");
   const name = document.createElement("span");
   name.className = "name";
