@@ -144,7 +144,10 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
     def retrying(reason: str) -> None:
         _say(options, f"oilspill: {reason}; retrying")
 
-    async with aiohttp.ClientSession() as session:
+    # No total timeout: building the result zip of a large job may take minutes, and the
+    # server answers when it is done; a dead connection is noticed and retried.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         client = OilspillClient(session, options.server, options.token, options.give_up_s,
                                 retrying)
         try:
