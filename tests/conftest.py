@@ -7,7 +7,7 @@ import asyncio
 import io
 import time
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from ml_stub.app import create_app as create_stub
 from ml_stub.scenes import scene_png as make_scene_png
 from oilspill.app import create_app
 from oilspill.config import Settings
+
+from .procs import Stack
 
 
 def scene_png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
@@ -92,3 +94,19 @@ def settings(data_dir: Path, ml_url: str) -> Settings:
 @pytest.fixture
 async def client(aiohttp_client: Any, settings: Settings) -> TestClient:
     return await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture
+async def stack_factory(tmp_path: Path) -> Any:
+    """Start an ML stub process and an `oilspill serve` process (flags for the stub, settings
+    for the server); all are killed at the end."""
+    made: list[Stack] = []
+
+    async def make(stub_flags: Sequence[str] = (), **settings: str) -> Stack:
+        stack = Stack(tmp_path, stub_flags, **settings)
+        made.append(stack)
+        return await stack.start()
+
+    yield make
+    for stack in made:
+        await stack.close()

@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +205,43 @@ def live_stack(tmp: Path, stub_flags: tuple[str, ...] = (), **settings: str) -> 
         for proc in (server, stub):
             proc.terminate()
             proc.wait(timeout=30)
+
+
+class Stack:
+    """One stub process and a server process that can be killed and restarted."""
+
+    def __init__(self, tmp_path: Path, stub_flags: Sequence[str], **settings: str) -> None:
+        self.tmp_path = tmp_path
+        self.data_dir = tmp_path / "data"
+        self.stub_port, self.port = free_port(), free_port()
+        self.stub_flags = stub_flags
+        self.settings = settings
+        self.stub: Process | None = None
+        self.server: Process | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.ml_url = f"http://127.0.0.1:{self.stub_port}"
+
+    async def start_stub(self) -> None:
+        self.stub = stub_process(self.stub_port, self.tmp_path, *self.stub_flags)
+        await self.stub.start()
+        await wait_http(f"{self.ml_url}/health", self.stub)
+
+    async def start_server(self) -> None:
+        self.server = server_process(self.port, self.data_dir, self.ml_url, self.tmp_path,
+                                     **self.settings)
+        await self.server.start()
+        await wait_http(f"{self.base}/healthz", self.server)
+
+    async def kill_server(self) -> None:
+        assert self.server
+        await self.server.kill()
+
+    async def start(self) -> Stack:
+        await self.start_stub()
+        await self.start_server()
+        return self
+
+    async def close(self) -> None:
+        for proc in (self.server, self.stub):
+            if proc:
+                await proc.kill()

@@ -9,53 +9,10 @@ import zipfile
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from ml_stub.scenes import write_zip
 
-from .procs import Api, Process, free_port, server_process, stub_process, wait_http
-
-
-class Stack:
-    def __init__(self, tmp: Path, *stub_flags: str, **settings: str) -> None:
-        self.tmp, self.stub_flags, self.settings = tmp, stub_flags, settings
-        self.port, self.stub_port = free_port(), free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.server: Process | None = None
-        self.stub: Process | None = None
-
-    async def start_server(self) -> None:
-        self.server = server_process(self.port, self.tmp / "data",
-                                     f"http://127.0.0.1:{self.stub_port}", self.tmp,
-                                     **self.settings)
-        await self.server.start()
-        await wait_http(f"{self.base}/healthz", self.server)
-
-    async def start(self) -> Stack:
-        self.stub = stub_process(self.stub_port, self.tmp, *self.stub_flags)
-        await self.stub.start()
-        await wait_http(f"http://127.0.0.1:{self.stub_port}/health", self.stub)
-        await self.start_server()
-        return self
-
-    async def close(self) -> None:
-        for proc in (self.server, self.stub):
-            if proc:
-                await proc.kill()
-
-
-@pytest.fixture
-async def stack_factory(tmp_path):
-    made: list[Stack] = []
-
-    async def make(*stub_flags: str, **settings: str) -> Stack:
-        stack = await Stack(tmp_path, *stub_flags, **settings).start()
-        made.append(stack)
-        return stack
-
-    yield make
-    for stack in made:
-        await stack.close()
+from .procs import Api, free_port
 
 
 async def oilspill(cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -97,7 +54,7 @@ async def test_submit_a_folder_with_json_output(stack_factory, tmp_path):
 
 
 async def test_no_wait_then_status_and_fetch(stack_factory, tmp_path):
-    stack = await stack_factory("--latency-ms", "100")
+    stack = await stack_factory(["--latency-ms", "100"])
     write_zip(tmp_path / "scenes.zip", 3, (96, 96), seed=3)
     code, out, _ = await oilspill(tmp_path, "submit", "scenes.zip", "--server", stack.base,
                                   "--no-wait")
@@ -139,7 +96,7 @@ async def test_an_unreachable_server_exits_4(tmp_path):
 
 
 async def test_submit_survives_a_server_restart_mid_job(stack_factory, tmp_path):
-    stack = await stack_factory("--latency-ms", "150", OILSPILL_CONCURRENCY="1")
+    stack = await stack_factory(["--latency-ms", "150"], OILSPILL_CONCURRENCY="1")
     write_zip(tmp_path / "scenes.zip", 12, (96, 96), seed=5)
     client = asyncio.create_task(oilspill(tmp_path, "submit", "scenes.zip", "--server",
                                           stack.base, "--json"))

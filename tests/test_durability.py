@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .procs import Api, Process, free_port, scenes_zip, server_process, stub_process, wait_http
+from .procs import Api, Stack, scenes_zip
 
 IMAGES = 300
 
@@ -30,59 +30,8 @@ def leftovers(data_dir: Path) -> list[Path]:
     return [p for p in data_dir.rglob("*") if p.name.endswith(".part")]
 
 
-class Harness:
-    """One stub process and a server process that can be killed and restarted."""
-
-    def __init__(self, tmp_path: Path, stub_flags: list[str], **settings: str) -> None:
-        self.tmp_path = tmp_path
-        self.data_dir = tmp_path / "data"
-        self.stub_port, self.port = free_port(), free_port()
-        self.stub_flags = stub_flags
-        self.settings = settings
-        self.stub: Process | None = None
-        self.server: Process | None = None
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.ml_url = f"http://127.0.0.1:{self.stub_port}"
-
-    async def start_stub(self) -> None:
-        self.stub = stub_process(self.stub_port, self.tmp_path, *self.stub_flags)
-        await self.stub.start()
-        await wait_http(f"{self.ml_url}/health", self.stub)
-
-    async def start_server(self) -> None:
-        self.server = server_process(self.port, self.data_dir, self.ml_url, self.tmp_path,
-                                     **self.settings)
-        await self.server.start()
-        await wait_http(f"{self.base}/healthz", self.server)
-
-    async def kill_server(self) -> None:
-        assert self.server
-        await self.server.kill()
-
-    async def close(self) -> None:
-        for proc in (self.server, self.stub):
-            if proc:
-                await proc.kill()
-
-
-@pytest.fixture
-async def harness_factory(tmp_path):
-    made: list[Harness] = []
-
-    async def make(stub_flags: list[str], **settings: str) -> Harness:
-        harness = Harness(tmp_path, stub_flags, **settings)
-        made.append(harness)
-        await harness.start_stub()
-        await harness.start_server()
-        return harness
-
-    yield make
-    for harness in made:
-        await harness.close()
-
-
-async def test_kill_9_at_three_moments_loses_and_duplicates_nothing(harness_factory):
-    h = await harness_factory(["--latency-ms", "30"], OILSPILL_CONCURRENCY="4")
+async def test_kill_9_at_three_moments_loses_and_duplicates_nothing(stack_factory):
+    h = await stack_factory(["--latency-ms", "30"], OILSPILL_CONCURRENCY="4")
     data = scenes_zip(IMAGES, size=128)
     async with aiohttp.ClientSession() as session:
         api = Api(session, h.base)
@@ -142,7 +91,7 @@ FAULT_SETTINGS = {"OILSPILL_ML_MAX_ATTEMPTS": "12", "OILSPILL_ML_RETRY_BASE_S": 
                   "OILSPILL_ML_RETRY_MAX_S": "0.5", "OILSPILL_CONCURRENCY": "4"}
 
 
-async def run_clean_job(h: Harness, images: int) -> dict:
+async def run_clean_job(h: Stack, images: int) -> dict:
     async with aiohttp.ClientSession() as session:
         api = Api(session, h.base)
         accepted = await api.upload(scenes_zip(images))
@@ -154,23 +103,23 @@ async def run_clean_job(h: Harness, images: int) -> dict:
 
 @pytest.mark.parametrize("flags", [["--fail-rate", "0.3"], ["--drop-rate", "0.2"]],
                          ids=["fail-30pct", "drop-20pct"])
-async def test_a_flaky_service_still_gets_every_task_done(harness_factory, flags):
-    h = await harness_factory([*flags, "--seed", "1"], **FAULT_SETTINGS)
+async def test_a_flaky_service_still_gets_every_task_done(stack_factory, flags):
+    h = await stack_factory([*flags, "--seed", "1"], **FAULT_SETTINGS)
     job = await run_clean_job(h, 60)
     assert (job["done"], job["failed"]) == (60, 0)
     assert total_attempts(h.data_dir) > 60  # faults really happened and were retried
 
 
-async def test_a_hanging_service_times_out_and_retries(harness_factory):
-    h = await harness_factory(["--hang-rate", "0.2", "--seed", "2"],
+async def test_a_hanging_service_times_out_and_retries(stack_factory):
+    h = await stack_factory(["--hang-rate", "0.2", "--seed", "2"],
                               OILSPILL_ML_TIMEOUT_S="0.5", **FAULT_SETTINGS)
     job = await run_clean_job(h, 30)
     assert (job["done"], job["failed"]) == (30, 0)
     assert total_attempts(h.data_dir) > 30
 
 
-async def test_a_service_down_for_5_s_pauses_the_pool_and_the_job_completes(harness_factory):
-    h = await harness_factory(["--latency-ms", "20"], OILSPILL_ML_MAX_ATTEMPTS="3",
+async def test_a_service_down_for_5_s_pauses_the_pool_and_the_job_completes(stack_factory):
+    h = await stack_factory(["--latency-ms", "20"], OILSPILL_ML_MAX_ATTEMPTS="3",
                               OILSPILL_ML_RETRY_BASE_S="0.05", OILSPILL_CONCURRENCY="4")
     assert h.stub and h.server
     async with aiohttp.ClientSession() as session:
@@ -194,8 +143,8 @@ async def test_a_service_down_for_5_s_pauses_the_pool_and_the_job_completes(harn
     print(f"outage test: retried {total_attempts(h.data_dir) - 200}")
 
 
-async def test_sigterm_mid_job_requeues_and_a_restart_finishes(harness_factory):
-    h = await harness_factory(["--latency-ms", "50"], OILSPILL_SHUTDOWN_GRACE_S="5",
+async def test_sigterm_mid_job_requeues_and_a_restart_finishes(stack_factory):
+    h = await stack_factory(["--latency-ms", "50"], OILSPILL_SHUTDOWN_GRACE_S="5",
                               OILSPILL_CONCURRENCY="4")
     assert h.server
     async with aiohttp.ClientSession() as session:
