@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,7 +24,8 @@ from .logs import configure as configure_logging
 logger = logging.getLogger("oilspill")
 
 
-def _bundled_stub(settings: Settings):  # type: ignore[no-untyped-def]
+def _bundled_stub(settings: Settings
+                  ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup_ctx running the bundled ML stub where ML_SERVICE_URL points by default."""
     from ml_stub.app import running
 
