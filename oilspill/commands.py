@@ -116,8 +116,8 @@ def _summary(zip_path: Path) -> dict[str, Any]:
             "largest_oil_fraction": max(fractions, default=None), "rows": rows}
 
 
-def _report(job: dict[str, Any], zip_path: Path, options: ClientOptions) -> int:
-    summary = _summary(zip_path)
+def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
+            options: ClientOptions) -> int:
     code = EXIT_FAILURES if summary["failed"] else EXIT_OK
     if options.as_json:
         print(json.dumps({"job_id": job["job_id"], "status": job["status"],
@@ -172,7 +172,8 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
                     EXIT_FAILURES if job["failed"] else EXIT_OK)
             job = await _wait(client, job_id, total, options)
             zip_path = await _download(client, job_id, out, options)
-            return _report(job, zip_path, options)
+            summary = await asyncio.to_thread(_summary, zip_path)
+            return _report(job, summary, zip_path, options)
         except ApiFailure as exc:
             print(f"oilspill: the server refused: {exc}", file=sys.stderr)
             return EXIT_REFUSED

@@ -34,6 +34,11 @@ def _progress_line(job: dict[str, Any]) -> str:
             f" (done {job['done']}, failed {job['failed']}, running {job['running']})")
 
 
+def _summary_rows(result: Path) -> list[dict[str, Any]]:
+    with zipfile.ZipFile(result) as zf:
+        return list(json.loads(zf.read("summary.json")))
+
+
 async def run_demo(out_dir: Path, images: int, settings: Settings) -> dict[str, Any]:
     """Start stub and service on free loopback ports, run one job, return its summary."""
     started = time.monotonic()
@@ -63,8 +68,7 @@ async def run_demo(out_dir: Path, images: int, settings: Settings) -> dict[str, 
                 result = await client.download(url, out_dir / url.rsplit("/", 1)[1])
         finally:
             await runner.cleanup()
-    with zipfile.ZipFile(result) as zf:
-        rows = json.loads(zf.read("summary.json"))
+    rows = await asyncio.to_thread(_summary_rows, result)
     print(f"result zip: {result.resolve()} (masks/, overlays/, summary.csv, README.txt)")
     print(f"  {'image':24} {'status':7} {'oil found':>9} {'true oil':>9} {'slicks':>6}")
     for row in rows:
