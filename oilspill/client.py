@@ -105,9 +105,6 @@ class OilspillClient:
     async def job(self, job_id: str) -> dict[str, Any]:
         return dict(await self._get(f"/api/job/{job_id}"))
 
-    async def task(self, task_id: str) -> dict[str, Any]:
-        return dict(await self._get(f"/api/task/{task_id}"))
-
     async def wait(self, job_id: str, interval_s: float = 0.5,
                    on_progress: Callable[[dict[str, Any]], None] | None = None
                    ) -> dict[str, Any]:

@@ -104,7 +104,7 @@ class MLClient:
         """Send one image (bytes, or a file streamed from disk) and return the service's 200
         answer: bytes when it is small, else `spill_to`, where it was written as it came.
 
-        Raises MLRejected or MLUnavailable; `spill_to` may be left partial on error.
+        Raises MLRejected or MLUnavailable; then no file is left at `spill_to`.
         """
         started = time.monotonic()
         try:
@@ -165,9 +165,13 @@ class MLClient:
                     await out.write(bytes(kept))
                     kept.clear()
                 await out.write(chunk)
-        finally:
-            if out is not None:
+        except BaseException:
+            if out is not None:  # a partial answer is of no use to anyone
                 await out.close()
+                await asyncio.to_thread(spill_to.unlink, True)
+            raise
+        if out is not None:
+            await out.close()
         return spill_to if out is not None else bytes(kept)
 
     async def healthy(self) -> bool:

@@ -60,7 +60,6 @@ class Recorder:
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0  # how many transactions were written (for tests and benchmarks)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="oilspill-recorder")
@@ -107,7 +106,6 @@ class Recorder:
                 done=[(e.task_id, e.outcome) for e in batch if e.outcome],
                 failed=[(e.task_id, *e.failure) for e in batch if e.failure],
                 retries=[(e.task_id, *e.retry) for e in batch if e.retry])
-            self.batches += 1
         except Exception as exc:
             logger.exception("recording %d task ends failed", len(batch))
             for end in batch:

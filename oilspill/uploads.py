@@ -74,6 +74,7 @@ def _unpack(paths: JobPaths, settings: Settings) -> Unpacked:
         max_compression_ratio=settings.max_compression_ratio,
     ))
     paths.masks.mkdir(exist_ok=True)
+    paths.results.mkdir(exist_ok=True)
     return unpacked
 
 

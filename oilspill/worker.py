@@ -76,10 +76,6 @@ class WorkerPool:
         """False while the pool is paused because the ML service cannot be reached."""
         return self._gate.is_open
 
-    @property
-    def recorder(self) -> Recorder:
-        return self._recorder
-
     def start(self) -> None:
         self._recorder.start()
         for n in range(self._workers):
@@ -197,11 +193,9 @@ class WorkerPool:
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()
-            await asyncio.to_thread(_remove_if_present, spill)
             await self._retry_or_fail(task, exc, width, height)
             return
         except (MLRejected, UnreadableImage) as exc:
-            await asyncio.to_thread(_remove_if_present, spill)
             await self._fail(task, str(exc), width, height)
             return
         fraction = answer.oil_pixels / (width * height) if answer.oil_pixels is not None else None
@@ -251,8 +245,7 @@ def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths
             spill.write_bytes(body)
         result_name = f"{task.seq:06d}{answer.extension}"
         final = paths.result(answer.kind, result_name)
-        final.parent.mkdir(exist_ok=True)
-        os.replace(spill, final)
+        os.replace(spill, final)  # masks/ and results/ were made with the job
         return answer, result_name, [final]
     finally:
         _remove_if_present(spill)
