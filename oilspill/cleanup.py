@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .metrics import Metrics
-from .paths import JobPaths
+from .paths import PARTIAL_GLOBS, JobPaths
 from .store import Store
 from .worker import WorkerPool
 
@@ -57,7 +57,7 @@ def _orphan_folders(jobs_dir: Path, known: set[str], min_age_s: float) -> list[P
 def _remove_partials(jobs_dir: Path) -> int:
     """Remove `.part` files that a crashed process left in job folders."""
     removed = 0
-    for pattern in ("*/*.part", "*/masks/.*.part", "*/overlays/.*.part"):
+    for pattern in PARTIAL_GLOBS:
         for path in jobs_dir.glob(pattern):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
@@ -78,10 +78,11 @@ async def recover_files(store: Store, jobs_dir: Path) -> None:
                        len(orphans), partials)
 
 
-class Retention:
-    """Deletes jobs and sweeps orphans; one run at a time."""
+class Cleanup:
+    """Deletes jobs (on request: DELETE; and past the retention time) and sweeps orphan
+    folders and old tombstones; one periodic run at a time."""
 
-    def __init__(self, store: Store, pool: WorkerPool, jobs_dir: Path, retention_s: float,
+    def __init__(self, *, store: Store, pool: WorkerPool, jobs_dir: Path, retention_s: float,
                  orphan_age_s: float, tombstone_s: float, active_uploads: set[str],
                  metrics: Metrics) -> None:
         self._metrics = metrics

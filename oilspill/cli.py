@@ -15,9 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from PIL import Image
 
-from .app import create_app
 from .config import ConfigError, Settings, from_env, settings_table
 from .logs import configure as configure_logging
 
@@ -46,8 +44,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(settings: Settings) -> None:
-    # Pillow's decompression-bomb guard is process-wide: match it to our own limit.
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    # Imported here: the client commands must start without the server's imports.
+    from .web.app import create_app
+
     if not settings.api_token and not _is_loopback(settings.host):
         logger.warning("OILSPILL_API_TOKEN is not set and the API listens on %s: anyone who "
                        "can reach it can upload and read results", settings.host)
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command in ("submit", "status", "fetch"):
-        from .commands import ClientOptions, run
+        from .client.commands import ClientOptions, run
 
         options = ClientOptions(args.server, args.token, args.json, args.give_up_s)
         target = str(args.path) if args.command == "submit" else args.job_id

@@ -15,9 +15,9 @@ from aiohttp import web
 from ml_stub.app import running as ml_stub_running
 from ml_stub.scenes import write_zip
 
-from .app import create_app
-from .client import OilspillClient
+from .client.session import OilspillClient
 from .config import Settings
+from .web.app import create_app
 
 LOOPBACK = "127.0.0.1"
 

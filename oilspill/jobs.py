@@ -13,10 +13,6 @@ class TaskStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
 
-    @property
-    def terminal(self) -> bool:
-        return self in (TaskStatus.DONE, TaskStatus.FAILED)
-
 
 class JobStatus(StrEnum):
     """A job's status, derived from its tasks' counts.
@@ -47,7 +43,7 @@ class Task:
     attempts: how many times a worker has claimed it (0 while never run).
     result_name: the file under the job's `masks/` or `results/` folder, once done.
     oil_pixels / oil_fraction / slick_count / largest_slick_px: None unless result_kind is
-    MASK; an overlay (the input with the oil tinted) is kept beside every mask.
+    MASK; a mask's overlay (the input with the oil tinted) is drawn on first use.
     """
 
     id: str
@@ -74,7 +70,7 @@ class Task:
 
     @property
     def has_overlay(self) -> bool:
-        """Done with a mask: an overlay was drawn beside it."""
+        """Done with a mask: it has an overlay (drawn on first use)."""
         return self.result_kind is ResultKind.MASK and self.result_name is not None
 
     def retryable(self, policy: RetryPolicy) -> bool:
@@ -172,3 +168,30 @@ class TaskOutcome:
     oil_fraction: float | None = None
     slick_count: int | None = None
     largest_slick_px: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    """A running task that finished with a result."""
+
+    task_id: str
+    outcome: TaskOutcome
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A running task that failed; width and height when its image could be read."""
+
+    task_id: str
+    reason: str
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskRetry:
+    """A running task put back in the queue, due again at `not_before` (epoch seconds)."""
+
+    task_id: str
+    reason: str
+    not_before: float

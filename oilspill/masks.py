@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,15 @@ class Answer:
     largest_slick_px: int | None = None
 
 
+def _reason(exc: Exception) -> str:
+    """Why Pillow could not read a file, without the file's path (users see this text)."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a format this server decodes (PNG, JPEG, TIFF, BMP)"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return exc.strerror or exc.__class__.__name__
+    return str(exc)
+
+
 def probe_image(path: Path | BinaryIO, max_pixels: int) -> tuple[int, int]:
     """(width, height) of an image, reading only its header; refuses one over max_pixels."""
     try:
@@ -59,7 +67,7 @@ def probe_image(path: Path | BinaryIO, max_pixels: int) -> tuple[int, int]:
         raise UnreadableImage(
             f"image is far larger than {max_pixels} pixels (OILSPILL_MAX_IMAGE_PIXELS)") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UnreadableImage(f"cannot read image: {exc}") from None
+        raise UnreadableImage(f"cannot read image: {_reason(exc)}") from None
     if width * height > max_pixels:
         raise UnreadableImage(f"image is {width}x{height} = {width * height} pixels, over the "
                               f"limit of {max_pixels} (OILSPILL_MAX_IMAGE_PIXELS)")
@@ -94,7 +102,8 @@ def read_answer(data: bytes | Path, width: int, height: int) -> Answer:
             image.load()  # make sure it decodes, not only its header
             return Answer(ResultKind.PICTURE, _PICTURE_EXT.get(image.format or "", ".img"))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UnreadableImage(f"the ML service's answer is not an image: {exc}") from None
+        raise UnreadableImage(f"the ML service's answer is not an image: {_reason(exc)}"
+                              ) from None
 
 
 def _grey(image: Image.Image) -> np.ndarray:
@@ -123,11 +132,12 @@ def _overlay_palette() -> list[int]:
 OVERLAY_PALETTE = _overlay_palette()
 
 
-def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, max_px: int) -> Path:
-    """The overlay of a mask, drawn on first use and kept (written whole, then renamed)."""
+def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, partial: Path,
+                   max_px: int) -> Path:
+    """The overlay of a mask, drawn on first use and kept (written whole at `partial`, then
+    renamed)."""
     if not out_path.exists():
         out_path.parent.mkdir(exist_ok=True)
-        partial = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.part")
         try:
             with Image.open(mask_path) as mask:
                 oil = oil_of(np.asarray(mask.convert("L")))

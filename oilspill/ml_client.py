@@ -47,11 +47,17 @@ class MLUnreachable(MLUnavailable):
     """No connection could be made: the service is down or the link is."""
 
 
+class MLTimeout(MLUnavailable):
+    """The service took longer than OILSPILL_ML_TIMEOUT_S to answer."""
+
+
 def _error_kind(exc: MLError) -> str:
     if isinstance(exc, MLUnreachable):
         return "unreachable"
+    if isinstance(exc, MLTimeout):
+        return "timeout"
     if isinstance(exc, MLUnavailable):
-        return "timeout" if "timed out" in str(exc) else "unavailable"
+        return "unavailable"
     return "rejected"
 
 
@@ -134,12 +140,15 @@ class MLClient:
                     raise MLRejected(message)
                 return await self._receive(resp, spill_to)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise MLUnreachable(f"ML service unreachable: {exc}") from None
+            logger.info("ML call failed: %r", exc)
+            raise MLUnreachable(f"ML service unreachable at {self._base_url}") from None
         except TimeoutError:
-            raise MLUnavailable(f"ML service timed out after {self._timeout.total:g} s") from None
+            raise MLTimeout(f"ML service timed out after {self._timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
-            raise MLUnavailable(
-                f"ML service connection failed: {exc.__class__.__name__}: {exc}") from None
+            # The class names the trouble; its text can carry internals, so the log has it.
+            logger.info("ML call failed: %r", exc)
+            raise MLUnavailable(f"ML service connection failed: {exc.__class__.__name__}"
+                                ) from None
         finally:
             if fh is not None:
                 await asyncio.to_thread(fh.close)

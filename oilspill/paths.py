@@ -1,4 +1,8 @@
-"""Where a job's files live: one folder per job under the data directory, nothing elsewhere."""
+"""Every file and folder name: one folder per job under the data directory, nothing elsewhere.
+
+A file being written carries a partial name until it is complete and renamed into place;
+`PARTIAL_GLOBS` lists those names, and the start-up sweep removes what a crash left.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ from pathlib import Path
 from .jobs import ResultKind
 
 ARCHIVE_PREFIX = "oilspill-results-"
+PARTIAL_SUFFIX = ".part"
+# Partial files that a crashed process may leave, relative to the jobs folder: the upload
+# and the result zip in a job's folder, and hidden ones in its result folders.
+PARTIAL_GLOBS = (f"*/*{PARTIAL_SUFFIX}", f"*/masks/.*{PARTIAL_SUFFIX}",
+                 f"*/results/.*{PARTIAL_SUFFIX}", f"*/overlays/.*{PARTIAL_SUFFIX}")
 _ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
                            r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
 
@@ -25,6 +34,16 @@ def is_id(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+def stored_image_name(seq: int, extension: str) -> str:
+    """The safe name of an upload's `seq`-th image in the images folder (extension no dot)."""
+    return f"{seq:06d}.{extension}"
+
+
+def result_name(seq: int, extension: str) -> str:
+    """The name of a done task's result in masks/ or results/ (extension with its dot)."""
+    return f"{seq:06d}{extension}"
 
 
 def archive_name(job_id: str) -> str:
@@ -55,7 +74,12 @@ class JobPaths:
     @property
     def upload_part(self) -> Path:
         """The upload while it is still arriving."""
-        return self.root / "upload.zip.part"
+        return self.root / f"upload.zip{PARTIAL_SUFFIX}"
+
+    @property
+    def result_folders(self) -> tuple[Path, ...]:
+        """The folders a worker writes into, made with the job."""
+        return self.masks, self.results
 
     @property
     def images(self) -> Path:
@@ -78,9 +102,21 @@ class JobPaths:
         """The overlay drawn for a mask (same name, in overlays/)."""
         return self.overlays / result_name
 
+    def overlay_partial(self, result_name: str) -> Path:
+        """A fresh name for an overlay being drawn (two requests may draw it at once)."""
+        return self.overlays / f".{result_name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+
+    def answer_partial(self, task_id: str) -> Path:
+        """The ML service's answer for a task while it arrives (in masks/, renamed from there)."""
+        return self.masks / f".{task_id}{PARTIAL_SUFFIX}"
+
     @property
     def archive(self) -> Path:
         return self.root / archive_name(self.job_id)
+
+    @property
+    def archive_partial(self) -> Path:
+        return self.root / f"{archive_name(self.job_id)}{PARTIAL_SUFFIX}"
 
     def image(self, stored_name: str) -> Path:
         return self.images / stored_name

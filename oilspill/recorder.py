@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .jobs import TaskOutcome
+from .jobs import TaskDone, TaskFailure, TaskOutcome, TaskRetry
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -27,11 +27,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _End:
-    task_id: str
+    """One task's end, and the future its worker waits on until it is committed."""
+
+    end: TaskDone | TaskFailure | TaskRetry
     future: asyncio.Future[None]
-    outcome: TaskOutcome | None = None
-    failure: tuple[str, int | None, int | None] | None = None
-    retry: tuple[str, float] | None = None
     files: Sequence[Path] = field(default_factory=tuple)
 
 
@@ -66,15 +65,15 @@ class Recorder:
 
     async def done(self, task_id: str, outcome: TaskOutcome, files: Sequence[Path]) -> None:
         """Record a task as done once its files are durable."""
-        await self._submit(_End(task_id, self._future(), outcome=outcome, files=files))
+        await self._submit(_End(TaskDone(task_id, outcome), self._future(), files))
 
     async def failed(self, task_id: str, reason: str, width: int | None = None,
                      height: int | None = None) -> None:
-        await self._submit(_End(task_id, self._future(), failure=(reason, width, height)))
+        await self._submit(_End(TaskFailure(task_id, reason, width, height), self._future()))
 
     async def retry(self, task_id: str, reason: str, not_before: float) -> None:
         """Put a task back in the queue, due at `not_before` (epoch seconds)."""
-        await self._submit(_End(task_id, self._future(), retry=(reason, not_before)))
+        await self._submit(_End(TaskRetry(task_id, reason, not_before), self._future()))
 
     @staticmethod
     def _future() -> asyncio.Future[None]:
@@ -102,10 +101,11 @@ class Recorder:
             files = [path for end in batch for path in end.files]
             if files:
                 await asyncio.to_thread(make_durable, files)
+            ends = [e.end for e in batch]
             await self._store.record(
-                done=[(e.task_id, e.outcome) for e in batch if e.outcome],
-                failed=[(e.task_id, *e.failure) for e in batch if e.failure],
-                retries=[(e.task_id, *e.retry) for e in batch if e.retry])
+                done=[e for e in ends if isinstance(e, TaskDone)],
+                failed=[e for e in ends if isinstance(e, TaskFailure)],
+                retries=[e for e in ends if isinstance(e, TaskRetry)])
         except Exception as exc:
             logger.exception("recording %d task ends failed", len(batch))
             for end in batch:

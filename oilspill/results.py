@@ -1,21 +1,130 @@
-"""A finished job's result zip: built once, off the event loop, then served by name."""
+"""A finished job's result zip: masks, overlays, summary; built once, off the event loop,
+then served by name."""
 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
+import json
 import logging
+import os
 import time
-from pathlib import Path
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
-from .archive import build_result_zip
+from .jobs import ResultKind, Task
+from .masks import ensure_overlay
 from .paths import JobPaths, archive_name
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
+SUMMARY_FIELDS = ("filename", "status", "width", "height", "oil_fraction", "oil_pixels",
+                  "slick_count", "largest_slick_px", "result", "overlay", "error")
+
+README_TXT = """\
+oilspill results
+================
+
+masks/<image>.png     one per image the ML service segmented: one channel, the image's
+                      width and height, 0 = sea, 255 = oil. <image> is the image's path in
+                      your upload, its extension replaced (a clash gets ~2, ~3 ...).
+overlays/<image>.png  the same image in grey with the oil tinted orange, for looking at;
+                      its longest side is at most OILSPILL_OVERLAY_MAX_PX.
+results/<image>.<ext> pictures an ML service sent instead of masks (an annotated JPEG from
+                      a YOLO-style service); no statistics are computed for them.
+summary.csv           one row per image of the upload:
+summary.json            filename           the image's path in the upload
+                        status             done or failed
+                        width, height      in pixels
+                        oil_fraction       oil pixels / all pixels, 0..1
+                        oil_pixels         pixels marked oil in the mask
+                        slick_count        separate slicks (8-connected areas of oil)
+                        largest_slick_px   pixels of the largest slick
+                        result, overlay    its files in this zip
+                        error              why it failed, for a failed image
+"""
+
+
+def _zip_stems(tasks: Sequence[Task]) -> dict[str, str]:
+    """A unique name in the result zip for each done task, from its path in the upload."""
+    used: set[str] = set()
+    stems: dict[str, str] = {}
+    for task in tasks:
+        if task.result_kind is None or task.result_name is None:
+            continue
+        base = str(PurePosixPath(task.filename).with_suffix(""))
+        stem, n = base, 1
+        while stem in used:
+            n += 1
+            stem = f"{base}~{n}"
+        used.add(stem)
+        stems[task.id] = stem
+    return stems
+
+
+def _entries(task: Task, stem: str | None) -> tuple[str | None, str | None]:
+    """(result, overlay) paths in the zip of a task."""
+    if stem is None or task.result_name is None:
+        return None, None
+    if task.result_kind is ResultKind.MASK:
+        return f"masks/{stem}.png", f"overlays/{stem}.png" if task.has_overlay else None
+    return f"results/{stem}{PurePosixPath(task.result_name).suffix}", None
+
+
+def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for t in tasks:
+        result, overlay = _entries(t, stems.get(t.id))
+        rows.append({
+            "filename": t.filename, "status": t.status.value, "width": t.width,
+            "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
+            "slick_count": t.slick_count, "largest_slick_px": t.largest_slick_px,
+            "result": result, "overlay": overlay, "error": t.error,
+        })
+    return rows
+
+
+def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int) -> Path:
+    """Write the job's result zip (masks/, overlays/, results/, summary.csv, summary.json,
+    README.txt) atomically."""
+    stems = _zip_stems(tasks)
+    rows = summary_rows(tasks, stems)
+    target, partial = paths.archive, paths.archive_partial
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", README_TXT)
+        for task in tasks:
+            result, overlay = _entries(task, stems.get(task.id))
+            if result is None or task.result_kind is None or task.result_name is None:
+                continue
+            # PNG and JPEG are compressed already: store them as they are.
+            zf.write(paths.result(task.result_kind, task.result_name), result,
+                     compress_type=zipfile.ZIP_STORED)
+            if overlay:
+                drawn = ensure_overlay(paths.image(task.stored_name),
+                                       paths.result(task.result_kind, task.result_name),
+                                       paths.overlay(task.result_name),
+                                       paths.overlay_partial(task.result_name), overlay_max_px)
+                zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        zf.writestr("summary.csv", text.getvalue())
+        zf.writestr("summary.json", json.dumps(rows, indent=1))
+    with open(partial, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(partial, target)
+    return target
+
 
 class JobNotFinished(Exception):
     """The job still has queued or running tasks."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is still running; ask again when it is finished")
 
 
 class ResultArchives:

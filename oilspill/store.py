@@ -20,7 +20,18 @@ from typing import Any
 
 import aiosqlite
 
-from .jobs import Job, NewTask, Progress, ResultKind, Task, TaskOutcome, TaskStatus
+from .jobs import (
+    Job,
+    NewTask,
+    Progress,
+    ResultKind,
+    Task,
+    TaskDone,
+    TaskFailure,
+    TaskOutcome,
+    TaskRetry,
+    TaskStatus,
+)
 from .schema import migrate
 
 logger = logging.getLogger(__name__)
@@ -58,7 +69,12 @@ class StoreError(Exception):
 
 
 class NotFound(StoreError):
-    """No row with that id."""
+    """No row with that id; `kind` is "job" or "task"."""
+
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(f"no {kind} with id {object_id}")
+        self.kind = kind
+        self.object_id = object_id
 
 
 def _now() -> float:
@@ -167,7 +183,7 @@ class Store:
         async with self._reader.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
-            raise NotFound(job_id)
+            raise NotFound("job", job_id)
         queued, running, done, failed = (row["n_queued"], row["n_running"], row["n_done"],
                                          row["n_failed"])
         progress = Progress(total=queued + running + done + failed, queued=queued,
@@ -208,13 +224,8 @@ class Store:
         async with self._reader.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)) as cur:
             row = await cur.fetchone()
         if row is None:
-            raise NotFound(task_id)
+            raise NotFound("task", task_id)
         return _task(row)
-
-    async def claim_next_task(self) -> Task | None:
-        """Atomically move the oldest due queued task to running and return it; None if none."""
-        tasks = await self.claim_tasks(1)
-        return tasks[0] if tasks else None
 
     async def claim_tasks(self, limit: int) -> list[Task]:
         """Atomically move up to `limit` of the oldest due queued tasks to running.
@@ -235,27 +246,24 @@ class Store:
                 rows = await cur.fetchall()
         return sorted((_task(row) for row in rows), key=lambda t: (t.created_at, t.seq))
 
-    async def record(self, done: Sequence[tuple[str, TaskOutcome]],
-                     failed: Sequence[tuple[str, str, int | None, int | None]],
-                     retries: Sequence[tuple[str, str, float]]) -> None:
+    async def record(self, done: Sequence[TaskDone], failed: Sequence[TaskFailure],
+                     retries: Sequence[TaskRetry]) -> None:
         """Record many running tasks' ends in one transaction (a group commit).
 
-        done: (task id, outcome); failed: (task id, reason, width, height); retries:
-        (task id, reason, not_before). A task no longer running (its job was deleted) is
-        passed over.
+        A task no longer running (its job was deleted) is passed over.
         """
         now = _now()
-        rows = [{**_done_values(outcome), "id": task_id, "status": "done", "now": now}
-                for task_id, outcome in done]
-        rows += [{**_failed_values(reason, width, height), "id": task_id, "status": "failed",
-                  "now": now} for task_id, reason, width, height in failed]
+        rows = [{**_done_values(d.outcome), "id": d.task_id, "status": "done", "now": now}
+                for d in done]
+        rows += [{**_failed_values(f.reason, f.width, f.height), "id": f.task_id,
+                  "status": "failed", "now": now} for f in failed]
         async with self._transaction() as db:
             if rows:
                 await db.executemany(_FINISH_SQL, rows)
             if retries:
                 await db.executemany(_RETRY_SQL, [
-                    {"id": task_id, "error": reason, "not_before": not_before}
-                    for task_id, reason, not_before in retries])
+                    {"id": r.task_id, "error": r.reason, "not_before": r.not_before}
+                    for r in retries])
 
     async def next_due_at(self) -> float | None:
         """When the earliest queued task waiting out a back-off becomes due; None if none."""
@@ -300,7 +308,7 @@ class Store:
             tasks = cur.rowcount
             cur = await db.execute("DELETE FROM jobs WHERE id = :job_id", {"job_id": job_id})
             if cur.rowcount != 1:
-                raise NotFound(job_id)  # rolls back the task tombstones too
+                raise NotFound("job", job_id)  # rolls back the task tombstones too
             await db.execute(
                 "INSERT INTO tombstones (id, kind, deleted_at) VALUES (:job_id, 'job', :now)",
                 {"job_id": job_id, "now": now})

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import aiofiles
 
-from .archive import Unpacked, UnpackLimits, unpack_images
 from .config import Settings
 from .jobs import NewTask
 from .paths import JobPaths, new_id
 from .store import Store
+from .unpack import Unpacked, UnpackLimits, unpack_images
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def _unpack(paths: JobPaths, settings: Settings) -> Unpacked:
         max_unpacked_bytes=settings.max_unpacked_bytes,
         max_compression_ratio=settings.max_compression_ratio,
     ))
-    paths.masks.mkdir(exist_ok=True)
-    paths.results.mkdir(exist_ok=True)
+    for folder in paths.result_folders:
+        folder.mkdir(exist_ok=True)
     return unpacked
 
 

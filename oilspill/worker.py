@@ -27,7 +27,7 @@ from .masks import Answer, UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
-from .paths import JobPaths
+from .paths import JobPaths, result_name
 from .recorder import Recorder
 from .store import Store
 
@@ -40,7 +40,7 @@ class WorkerPool:
     """`workers` claim loops (default 2 x concurrency) sharing one semaphore of
     `concurrency` ML calls."""
 
-    def __init__(self, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
+    def __init__(self, *, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
                  metrics: Metrics, workers: int | None = None,
                  rng: random.Random | None = None) -> None:
@@ -162,7 +162,10 @@ class WorkerPool:
                 # A bug must not kill the worker or leave the job unfinished.
                 logger.exception("job %s task %s: internal error", task.job_id, task.id)
                 with contextlib.suppress(Exception):
-                    await self._recorder.failed(task.id, f"internal error: {exc}")
+                    # The task's error is shown to users: the detail stays in the log.
+                    await self._recorder.failed(
+                        task.id, f"internal error ({exc.__class__.__name__}); the server log "
+                                 f"has the detail under task {task.id}")
             finally:
                 self._inflight.pop(task.id, None)
                 if not child.cancelled() or not self._stopping:
@@ -180,7 +183,7 @@ class WorkerPool:
         except UnreadableImage as exc:
             await self._fail(task, str(exc))
             return
-        spill = paths.masks / f".{task.id}.part"
+        spill = paths.answer_partial(task.id)
         try:
             await self._gate.wait_open()
             async with self._calls:
@@ -243,10 +246,10 @@ def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths
         answer = read_answer(body, width, height)
         if isinstance(body, bytes):
             spill.write_bytes(body)
-        result_name = f"{task.seq:06d}{answer.extension}"
-        final = paths.result(answer.kind, result_name)
+        name = result_name(task.seq, answer.extension)
+        final = paths.result(answer.kind, name)
         os.replace(spill, final)  # masks/ and results/ were made with the job
-        return answer, result_name, [final]
+        return answer, name, [final]
     finally:
         _remove_if_present(spill)
 

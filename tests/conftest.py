@@ -3,9 +3,7 @@ real SQLite file in a temporary data dir."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import time
 import zipfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,10 +16,10 @@ from aiohttp.test_utils import TestClient
 from ml_stub.app import StubOptions
 from ml_stub.app import create_app as create_stub
 from ml_stub.scenes import scene_png as make_scene_png
-from oilspill.app import create_app
 from oilspill.config import Settings
+from oilspill.web.app import create_app
 
-from .procs import Stack
+from .procs import Stack, poll
 
 
 def scene_png(width: int = 64, height: int = 48, seed: int = 0) -> bytes:
@@ -51,15 +49,12 @@ async def upload(client: TestClient, data: bytes, filename: str = "images.zip"
 async def wait_finished(client: TestClient, job_id: str, timeout_s: float = 30.0
                         ) -> dict[str, Any]:
     """Poll the job until it is finished (a condition, not a fixed sleep)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def finished() -> dict[str, Any] | None:
         resp = await client.get(f"/api/job/{job_id}")
         assert resp.status == 200
-        job = await resp.json()
-        if job["finished_at"] is not None:
-            return job
-        assert time.monotonic() < deadline, f"job not finished in {timeout_s} s: {job}"
-        await asyncio.sleep(0.02)
+        job: dict[str, Any] = await resp.json()
+        return job if job["finished_at"] is not None else None
+    return await poll(finished, f"job {job_id} to finish", timeout_s, 0.02)
 
 
 StubFactory = Callable[..., Awaitable[str]]

@@ -14,13 +14,28 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 from ml_stub.scenes import scene_png
+
+T = TypeVar("T")
+
+
+async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout_s: float = 30,
+               interval_s: float = 0.05) -> T:
+    """Call `check` until it returns something other than None (then return that), failing
+    with `what` once `timeout_s` has passed: every wait in the tests goes through here."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result is not None:
+            return result
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        await asyncio.sleep(interval_s)
 
 
 def free_port() -> int:
@@ -124,18 +139,15 @@ def server_process(port: int, data_dir: Path, ml_url: str, cwd: Path,
 async def wait_http(url: str, proc: Process, timeout_s: float = 30,
                     interval_s: float = 0.05) -> None:
     """Until `url` answers 200; fails if the process exits or the time runs out."""
-    deadline = time.monotonic() + timeout_s
     async with aiohttp.ClientSession() as session:
-        while True:
+        async def answered() -> bool | None:
             assert proc.running, f"process exited:\n{proc.tail()}"
             try:
                 async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return
+                    return True if resp.status == 200 else None
             except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, f"{url} never answered:\n{proc.tail()}"
-            await asyncio.sleep(interval_s)
+                return None
+        await poll(answered, f"{url} to answer", timeout_s, interval_s)
 
 
 class Api:
@@ -157,16 +169,15 @@ class Api:
 
     async def wait_job(self, job_id: str, until: str = "finished", timeout_s: float = 120,
                        at_least_done: int = 0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        async def there() -> dict[str, Any] | None:
             status, job = await self.get(f"/api/job/{job_id}")
             assert status == 200, job
             if until == "finished" and job["finished_at"] is not None:
                 return dict(job)
             if until == "done_count" and job["done"] >= at_least_done:
                 return dict(job)
-            assert time.monotonic() < deadline, f"job did not get there: {job}"
-            await asyncio.sleep(0.02)
+            return None
+        return await poll(there, f"job {job_id} to be {until}", timeout_s, 0.02)
 
     async def archive(self, job_id: str) -> zipfile.ZipFile:
         status, body = await self.get(f"/api/archive/{job_id}")

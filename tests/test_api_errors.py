@@ -8,7 +8,7 @@ import uuid
 import aiohttp
 import pytest
 
-from oilspill.app import create_app
+from oilspill.web.app import create_app
 
 from .conftest import form, scene_png, upload, zip_bytes
 

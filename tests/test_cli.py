@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import aiohttp
 import pytest
 
 from .conftest import scene_png, zip_bytes
-from .procs import clean_env, free_port
+from .procs import Api, Process, clean_env, free_port, wait_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,50 +45,23 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process,
-                       timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while True:
-            assert proc.returncode is None, "server exited early"
-            try:
-                async with session.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            await asyncio.sleep(0.05)
-
-
 async def serve_and_run_one_job(tmp_path: Path, env: dict[str, str]) -> dict:
     port = free_port()
-    env = clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp_path / "data"), **env)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oilspill", "serve", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    server = Process([sys.executable, "-m", "oilspill", "serve"], clean_env(
+        OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp_path / "data"), **env), tmp_path)
+    await server.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        await wait_healthy(url, proc)
+        await wait_http(f"{url}/healthz", server)
         async with aiohttp.ClientSession() as session:
-            form = aiohttp.FormData()
-            form.add_field("file", zip_bytes({"a.png": scene_png()}), filename="a.zip")
-            async with session.post(f"{url}/api/upload/", data=form) as resp:
-                assert resp.status == 202
-                job_id = (await resp.json())["job_id"]
-            deadline = time.monotonic() + 30
-            while True:
-                async with session.get(f"{url}/api/job/{job_id}") as resp:
-                    job = await resp.json()
-                if job["finished_at"] or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
+            api = Api(session, url)
+            job_id = (await api.upload(zip_bytes({"a.png": scene_png()})))["job_id"]
+            job = await api.wait_job(job_id, timeout_s=30)
     finally:
-        proc.send_signal(signal.SIGINT)
-        raw, _ = await asyncio.wait_for(proc.communicate(), 30)
-    output = raw.decode()
-    assert proc.returncode == 0, output
-    assert f"listening on http://127.0.0.1:{port}" in output
+        await server.signal(signal.SIGINT)
+        code = await server.wait(30)
+    assert code == 0, server.tail()
+    assert any(f"listening on http://127.0.0.1:{port}" in line for line in server.lines)
     return job
 
 
@@ -110,15 +81,14 @@ async def test_serve_without_ml_service_url_runs_the_bundled_stub(tmp_path):
 async def test_an_open_server_beyond_loopback_warns_once(tmp_path, ml_url):
     """No token and a non-loopback address: one warning line at start."""
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "oilspill", "serve", cwd=tmp_path,
-        env=clean_env(OILSPILL_HOST="0.0.0.0", OILSPILL_PORT=str(port), ML_SERVICE_URL=ml_url,
-                      OILSPILL_DATA_DIR=str(tmp_path / "data")),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = Process([sys.executable, "-m", "oilspill", "serve"], clean_env(
+        OILSPILL_HOST="0.0.0.0", OILSPILL_PORT=str(port), ML_SERVICE_URL=ml_url,
+        OILSPILL_DATA_DIR=str(tmp_path / "data")), tmp_path)
+    await proc.start()
     try:
-        await wait_healthy(f"http://127.0.0.1:{port}", proc)
+        await wait_http(f"http://127.0.0.1:{port}/healthz", proc)
     finally:
-        proc.send_signal(signal.SIGINT)
-        raw, _ = await asyncio.wait_for(proc.communicate(), 30)
-    warnings = [ln for ln in raw.decode().splitlines() if "OILSPILL_API_TOKEN is not set" in ln]
+        await proc.signal(signal.SIGINT)
+        await proc.wait(30)
+    warnings = [ln for ln in proc.lines if "OILSPILL_API_TOKEN is not set" in ln]
     assert len(warnings) == 1 and "WARNING" in warnings[0]

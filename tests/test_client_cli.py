@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -12,7 +13,7 @@ import aiohttp
 
 from ml_stub.scenes import write_zip
 
-from .procs import Api, free_port
+from .procs import Api, free_port, poll
 
 
 async def oilspill(cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -98,21 +99,42 @@ async def test_an_unreachable_server_exits_4(tmp_path):
 async def test_submit_survives_a_server_restart_mid_job(stack_factory, tmp_path):
     stack = await stack_factory(["--latency-ms", "150"], OILSPILL_CONCURRENCY="1")
     write_zip(tmp_path / "scenes.zip", 12, (96, 96), seed=5)
-    client = asyncio.create_task(oilspill(tmp_path, "submit", "scenes.zip", "--server",
-                                          stack.base, "--json"))
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oilspill", "submit", "scenes.zip", "--server", stack.base,
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert client.stdout and client.stderr
+    out_reader = asyncio.create_task(client.stdout.read())
     async with aiohttp.ClientSession() as session:
         api = Api(session, stack.base)
-        done = 0
-        while done < 3:  # until the job exists and three images are done
-            await asyncio.sleep(0.05)
+
+        async def three_done() -> bool | None:
             folders = list((tmp_path / "data" / "jobs").glob("*"))
-            if folders:
-                status, job = await api.get(f"/api/job/{folders[0].name}")
-                done = job["done"] if status == 200 else 0
+            if not folders:
+                return None
+            status, job = await api.get(f"/api/job/{folders[0].name}")
+            return True if status == 200 and job["done"] >= 3 else None
+        await poll(three_done, "three images done", 60)
     await stack.server.kill()
-    await asyncio.sleep(1.5)  # the client meets a dead server, and retries
+
+    async def client_retrying() -> str:
+        assert client.stderr
+        while line := (await client.stderr.readline()).decode():
+            if "retrying" in line:
+                return line
+        raise AssertionError("the client ended without retrying")
+    retry_line = await asyncio.wait_for(client_retrying(), 60)  # it met the dead server
+    assert "unreachable" in retry_line
     await stack.start_server()
-    code, out, err = await client
-    assert code == 0, err
-    report = json.loads(out)
-    assert (report["done"], report["failed"]) == (12, 0)
+    err = (await asyncio.wait_for(client.stderr.read(), 120)).decode()
+    out = (await out_reader).decode()
+    assert await client.wait() == 0, err
+    assert "done                 12" in out and "failed               0" in out
+
+
+def test_the_client_starts_without_the_servers_heavy_imports():
+    """A field laptop starts `oilspill submit` fast: no numpy, scipy or Pillow on the way."""
+    code = ("import sys, oilspill.cli, oilspill.client.commands; "
+            "print(sorted(m for m in ('numpy', 'scipy', 'PIL', 'rasterio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"

@@ -9,7 +9,6 @@ import os
 import resource
 import sqlite3
 import stat
-import time
 import uuid
 import zipfile
 import zlib
@@ -22,11 +21,11 @@ from aiohttp import web
 from PIL import Image
 from yarl import URL
 
-from oilspill import keys
-from oilspill.app import create_app
+from oilspill.web import keys
+from oilspill.web.app import create_app
 
 from .conftest import form, scene_png, upload, wait_finished, zip_bytes
-from .procs import free_port, server_process, wait_http
+from .procs import free_port, poll, server_process, wait_http
 
 # --- helpers ---------------------------------------------------------------------------
 
@@ -338,15 +337,14 @@ async def test_a_client_that_disconnects_mid_upload_leaves_nothing(settings, dat
                 b"\r\n")
         writer.write(head + zip_bytes({f"{i}.png": scene_png(seed=i) for i in range(20)}))
         await writer.drain()
-        deadline = time.monotonic() + 10
-        while not any((data_dir / "jobs").glob("*/upload.zip.part")):
-            assert time.monotonic() < deadline, "the upload never started"
-            await asyncio.sleep(0.01)
+        async def started() -> bool | None:
+            return any((data_dir / "jobs").glob("*/upload.zip.part")) or None
+        await poll(started, "the upload to start", 10, 0.01)
         writer.transport.abort()  # the client goes away mid-body
-        deadline = time.monotonic() + 10
-        while list((data_dir / "jobs").iterdir()):
-            assert time.monotonic() < deadline, "the partial upload was left behind"
-            await asyncio.sleep(0.02)
+
+        async def cleaned() -> bool | None:
+            return not list((data_dir / "jobs").iterdir()) or None
+        await poll(cleaned, "the partial upload to be removed", 10, 0.02)
         assert rows(data_dir) == (0, 0)
         assert runner.app[keys.ACTIVE_UPLOADS] == set()
     finally:

@@ -11,7 +11,7 @@ from aiohttp import web
 from PIL import Image
 
 from ml_stub.app import create_app as create_stub
-from oilspill.app import create_app
+from oilspill.web.app import create_app
 
 from .conftest import scene_png, upload, wait_finished, zip_bytes
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from oilspill.app import create_app
 from oilspill.config import Settings
-from oilspill.openapi import document
+from oilspill.web.app import create_app
+from oilspill.web.openapi import document
 
 from .procs import live_stack
 

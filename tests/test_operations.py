@@ -6,8 +6,8 @@ import json
 import logging
 import re
 
-from oilspill.app import create_app
 from oilspill.logs import JsonFormatter
+from oilspill.web.app import create_app
 
 from .conftest import scene_png, upload, wait_finished, zip_bytes
 

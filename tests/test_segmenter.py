@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from ml_stub.detector import DetectorOptions, detect_array
 from ml_stub.scenes import encode, make_scene, to_uint8, to_uint16
-from oilspill.app import create_app
+from oilspill.web.app import create_app
 
 from .conftest import upload, wait_finished, zip_bytes
 

@@ -8,7 +8,17 @@ import time
 
 import pytest
 
-from oilspill.jobs import JobStatus, NewTask, ResultKind, TaskOutcome, TaskStatus
+from oilspill.jobs import (
+    JobStatus,
+    NewTask,
+    ResultKind,
+    Task,
+    TaskDone,
+    TaskFailure,
+    TaskOutcome,
+    TaskRetry,
+    TaskStatus,
+)
 from oilspill.paths import new_id
 from oilspill.schema import SchemaTooNew
 from oilspill.store import NotFound, Store
@@ -19,6 +29,12 @@ async def store(tmp_path):
     store = await Store.open(tmp_path / "db.sqlite3")
     yield store
     await store.close()
+
+
+async def claim_one(store: Store) -> Task | None:
+    """The oldest due queued task, claimed; None if there is none."""
+    tasks = await store.claim_tasks(1)
+    return tasks[0] if tasks else None
 
 
 def new_tasks(n: int) -> list[NewTask]:
@@ -35,7 +51,7 @@ async def test_claims_are_atomic_across_connections(tmp_path):
 
     async def claimer(store: Store) -> list[str]:
         got = []
-        while (task := await store.claim_next_task()) is not None:
+        while (task := await claim_one(store)) is not None:
             got.append(task.id)
         return got
 
@@ -53,14 +69,14 @@ async def test_claims_are_atomic_across_connections(tmp_path):
 async def test_claim_takes_the_oldest_queued_task_and_counts_the_attempt(store):
     tasks = new_tasks(3)
     await store.create_job(new_id(), "a.zip", tasks)
-    claimed = await store.claim_next_task()
+    claimed = await claim_one(store)
     assert claimed is not None
     assert (claimed.id, claimed.status, claimed.attempts) == (tasks[0].id, TaskStatus.RUNNING, 1)
     assert claimed.started_at is not None
 
 
 async def test_an_empty_queue_claims_nothing(store):
-    assert await store.claim_next_task() is None
+    assert await claim_one(store) is None
 
 
 async def test_state_changes_are_recorded_and_the_last_task_finishes_the_job(store):
@@ -71,18 +87,18 @@ async def test_state_changes_are_recorded_and_the_last_task_finishes_the_job(sto
     assert job.progress.status is JobStatus.QUEUED
     assert job.skipped == (("notes.txt", "not an image"),)
 
-    first = await store.claim_next_task()
-    second = await store.claim_next_task()
+    first = await claim_one(store)
+    second = await claim_one(store)
     assert first and second
     assert (await store.get_job(job_id)).progress.running == 2
 
-    await store.record(done=[(first.id, TaskOutcome(
+    await store.record(done=[TaskDone(first.id, TaskOutcome(
         width=10, height=5, result_kind=ResultKind.MASK, result_name="000000.png",
         oil_pixels=5, oil_fraction=0.1))], failed=[], retries=[])
     job = await store.get_job(job_id)
     assert (job.progress.done, job.finished, job.progress.status) == (1, False, JobStatus.RUNNING)
 
-    await store.record(done=[], failed=[(second.id, "ML service answered 422: nope", None, None)],
+    await store.record(done=[], failed=[TaskFailure(second.id, "ML service answered 422: nope")],
                        retries=[])
     job = await store.get_job(job_id)
     assert job.finished and job.progress.status is JobStatus.DONE
@@ -98,18 +114,18 @@ async def test_state_changes_are_recorded_and_the_last_task_finishes_the_job(sto
 async def test_a_task_that_is_not_running_cannot_be_finished(store):
     tasks = new_tasks(1)
     await store.create_job(new_id(), "a.zip", tasks)
-    await store.record(done=[], failed=[(tasks[0].id, "never claimed", None, None)], retries=[])
+    await store.record(done=[], failed=[TaskFailure(tasks[0].id, "never claimed")], retries=[])
     assert (await store.get_task(tasks[0].id)).status is TaskStatus.QUEUED
 
 
 async def test_a_retry_waits_until_it_is_due_and_a_release_refunds_the_attempt(store):
     await store.create_job(new_id(), "a.zip", new_tasks(2))
     first, second = await store.claim_tasks(2)
-    await store.record(done=[], failed=[], retries=[(first.id, "503", time.time() + 60)])
+    await store.record(done=[], failed=[], retries=[TaskRetry(first.id, "503", time.time() + 60)])
     assert await store.next_due_at() == pytest.approx(time.time() + 60, abs=5)
     assert await store.claim_tasks(5) == []  # not due yet
     assert await store.release_tasks([second.id]) == 1
-    again = await store.claim_next_task()
+    again = await claim_one(store)
     assert again and again.id == second.id and again.attempts == 1
     retried = await store.get_task(first.id)
     assert (retried.status, retried.error, retried.attempts) == (TaskStatus.QUEUED, "503", 1)
@@ -118,18 +134,18 @@ async def test_a_retry_waits_until_it_is_due_and_a_release_refunds_the_attempt(s
 async def test_a_job_whose_tasks_all_failed_is_failed(store):
     job_id = new_id()
     await store.create_job(job_id, "a.zip", new_tasks(1))
-    task = await store.claim_next_task()
+    task = await claim_one(store)
     assert task
-    await store.record(done=[], failed=[(task.id, "bad", None, None)], retries=[])
+    await store.record(done=[], failed=[TaskFailure(task.id, "bad")], retries=[])
     assert (await store.get_job(job_id)).progress.status is JobStatus.FAILED
 
 
 async def test_requeue_running_puts_claimed_tasks_back_keeping_attempts(store):
     await store.create_job(new_id(), "a.zip", new_tasks(2))
-    claimed = await store.claim_next_task()
+    claimed = await claim_one(store)
     assert claimed
     assert await store.requeue_running() == 1
-    again = await store.claim_next_task()
+    again = await claim_one(store)
     assert again and again.id == claimed.id and again.attempts == 2
 
 
@@ -141,7 +157,7 @@ async def test_create_job_is_all_or_nothing(store):
         await store.create_job(job_id, "a.zip", duplicate)
     with pytest.raises(NotFound):
         await store.get_job(job_id)
-    assert await store.claim_next_task() is None
+    assert await claim_one(store) is None
 
 
 async def test_a_database_from_a_newer_oilspill_is_refused(tmp_path):

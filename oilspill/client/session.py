@@ -16,6 +16,8 @@ from typing import Any
 import aiofiles
 import aiohttp
 
+from ..paths import PARTIAL_SUFFIX
+
 CHUNK_BYTES = 256 * 1024
 RETRY_STATUSES = {502, 503, 504}
 
@@ -127,7 +129,7 @@ class OilspillClient:
             async with self._session.get(f"{self._base}{url}", headers=self._headers) as resp:
                 if resp.status != 200:
                     await _json(resp)
-                partial = dest.with_name(dest.name + ".part")
+                partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
                 received = 0
                 async with aiofiles.open(partial, "wb") as out:
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):

@@ -1,7 +1,7 @@
 """What wraps every request: the one JSON error shape, the optional token, CORS.
 
-Domain errors are mapped to HTTP statuses in one table here; no other module knows HTTP
-statuses but the handlers' own ApiError.
+Domain errors carry no HTTP: `_ERRORS` below is the one table that maps them to a status
+and an error code. Handlers raise ApiError for what is only about the request itself.
 """
 
 from __future__ import annotations
@@ -10,22 +10,28 @@ import hmac
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ..results import JobNotFinished
+from ..store import NotFound
+from ..unpack import NotAZip, UnpackLimitExceeded
+from ..uploads import DiskFull, NoImages, UploadTooLarge
 from . import keys
-from .archive import ArchiveTooLarge, NotAZip
-from .uploads import DiskFull, NoImages, UploadTooLarge
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Domain error -> (HTTP status, error code).
+# Domain error -> (HTTP status, error code). A NotFound whose id has a tombstone becomes
+# 410 Gone instead.
 _ERRORS: dict[type[Exception], tuple[int, str]] = {
+    NotFound: (404, "not_found"),
+    JobNotFinished: (409, "job_not_finished"),
     NotAZip: (400, "not_a_zip"),
     UploadTooLarge: (413, "upload_too_large"),
-    ArchiveTooLarge: (413, "archive_too_large"),
+    UnpackLimitExceeded: (413, "archive_too_large"),
     NoImages: (422, "no_images"),
     DiskFull: (507, "insufficient_storage"),
 }
@@ -37,6 +43,11 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
 
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """An epoch time as ISO 8601 in UTC, as every answer gives times."""
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
 class ApiError(Exception):
@@ -70,6 +81,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = _STATUS_CODES.get(exc.status, "http_error")
         return error_response(exc.status, code, exc.reason,
                               {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except NotFound as exc:
+        deleted_at = await request.app[keys.STORE].deleted_at(exc.object_id)
+        if deleted_at is not None:
+            return error_response(410, "gone", f"{exc.kind} {exc.object_id} was deleted at "
+                                               f"{iso_utc(deleted_at)}")
+        return error_response(404, "not_found", str(exc))
     except Exception as exc:
         for kind, (status, code) in _ERRORS.items():
             if isinstance(exc, kind):

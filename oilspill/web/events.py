@@ -17,10 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jobs import Job
+from ..store import NotFound
 from . import keys
 from .api import job_body, load_job, task_body
-from .jobs import Job
-from .store import NotFound
 
 POLL_S = 0.25
 HEARTBEAT_S = 15.0

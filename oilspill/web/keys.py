@@ -6,21 +6,21 @@ import asyncio
 
 from aiohttp import web
 
-from .cleanup import Retention
-from .config import Settings
-from .looplag import LoopLagMonitor
-from .metrics import Metrics
-from .ml_client import MLClient
-from .results import ResultArchives
-from .store import Store
-from .worker import WorkerPool
+from ..cleanup import Cleanup
+from ..config import Settings
+from ..looplag import LoopLagMonitor
+from ..metrics import Metrics
+from ..ml_client import MLClient
+from ..results import ResultArchives
+from ..store import Store
+from ..worker import WorkerPool
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
 ML_CLIENT = web.AppKey("ml_client", MLClient)
 POOL = web.AppKey("pool", WorkerPool)
 ARCHIVES = web.AppKey("archives", ResultArchives)
-RETENTION = web.AppKey("retention", Retention)
+CLEANUP = web.AppKey("cleanup", Cleanup)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 METRICS = web.AppKey("metrics", Metrics)
 # Set when shutdown begins: uploads are refused from then on.

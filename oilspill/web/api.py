@@ -8,25 +8,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http import HttpProcessingError
 
+from ..jobs import Job, ResultKind, Task, TaskStatus
+from ..masks import UnreadableImage, ensure_overlay
+from ..paths import JobPaths, is_id, job_id_of_archive
+from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi
-from .jobs import Job, ResultKind, Task, TaskStatus
-from .masks import UnreadableImage, ensure_overlay
-from .middlewares import ApiError
-from .paths import JobPaths, is_id, job_id_of_archive
-from .results import JobNotFinished
-from .store import NotFound
-from .uploads import IncomingUpload, UploadTooLarge
+from .middlewares import ApiError, iso_utc
 
 logger = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 CHUNK_BYTES = 256 * 1024
 TASKS_PAGE = 500
@@ -35,10 +31,6 @@ TASKS_PAGE_MAX = 1000
 # before a byte of the body is read.
 MULTIPART_SLACK_BYTES = 64 * 1024
 
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
-
-
 def _valid_id(request: web.Request, name: str, what: str) -> str:
     value = request.match_info[name]
     if not is_id(value):
@@ -46,29 +38,14 @@ def _valid_id(request: web.Request, name: str, what: str) -> str:
     return value
 
 
-async def _missing(request: web.Request, what: str, object_id: str) -> ApiError:
-    """404 for an id never seen; 410 Gone for one that was deleted."""
-    deleted_at = await request.app[keys.STORE].deleted_at(object_id)
-    if deleted_at is not None:
-        return ApiError(410, "gone", f"{what} {object_id} was deleted at {_iso(deleted_at)}")
-    return ApiError(404, "not_found", f"no {what} with id {object_id}")
-
-
-async def _load(request: web.Request, param: str, what: str,
-                get: Callable[[str], Awaitable[_T]]) -> _T:
-    object_id = _valid_id(request, param, what)
-    try:
-        return await get(object_id)
-    except NotFound:
-        raise await _missing(request, what, object_id) from None
-
-
 async def load_task(request: web.Request) -> Task:
-    return await _load(request, "task_id", "task", request.app[keys.STORE].get_task)
+    """The task the path names; store.NotFound (rendered 404 or 410) if there is none."""
+    return await request.app[keys.STORE].get_task(_valid_id(request, "task_id", "task"))
 
 
 async def load_job(request: web.Request) -> Job:
-    return await _load(request, "job_id", "job", request.app[keys.STORE].get_job)
+    """The job the path names; store.NotFound (rendered 404 or 410) if there is none."""
+    return await request.app[keys.STORE].get_job(_valid_id(request, "job_id", "job"))
 
 
 def task_body(task: Task) -> dict[str, Any]:
@@ -92,7 +69,7 @@ def job_body(job: Job, ml_reachable: bool) -> dict[str, Any]:
     p = job.progress
     return {"job_id": job.id, "status": p.status.value, "total": p.total, "queued": p.queued,
             "running": p.running, "done": p.done, "failed": p.failed,
-            "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
+            "created_at": iso_utc(job.created_at), "finished_at": iso_utc(job.finished_at),
             "upload_name": job.upload_name,
             "skipped": [{"filename": f, "reason": r} for f, r in job.skipped],
             "waiting_for_ml_service": not job.finished and not ml_reachable,
@@ -196,9 +173,9 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
     try:
         overlay = await asyncio.to_thread(
-            ensure_overlay, paths.image(task.stored_name), paths.result(ResultKind.MASK,
-                                                                        task.result_name),
-            paths.overlay(task.result_name), request.app[keys.SETTINGS].overlay_max_px)
+            ensure_overlay, paths.image(task.stored_name),
+            paths.result(ResultKind.MASK, task.result_name), paths.overlay(task.result_name),
+            paths.overlay_partial(task.result_name), request.app[keys.SETTINGS].overlay_max_px)
     except (OSError, UnreadableImage) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no overlay") from exc
     return web.FileResponse(overlay)
@@ -258,23 +235,13 @@ async def metrics(request: web.Request) -> web.Response:
 async def delete_job(request: web.Request) -> web.Response:
     """DELETE /api/job/{job_id}: cancel the job and remove its files now."""
     job = await load_job(request)
-    try:
-        tasks = await request.app[keys.RETENTION].delete_job(job.id)
-    except NotFound:  # deleted by someone else meanwhile
-        raise await _missing(request, "job", job.id) from None
+    tasks = await request.app[keys.CLEANUP].delete_job(job.id)
     return web.json_response({"job_id": job.id, "status": "deleted", "tasks": tasks})
 
 
 async def get_archive(request: web.Request) -> web.Response:
     """GET /api/archive/{job_id}: build (once) the finished job's result zip; link to it."""
-    job_id = _valid_id(request, "job_id", "job")
-    try:
-        name = await request.app[keys.ARCHIVES].ensure(job_id)
-    except NotFound:
-        raise await _missing(request, "job", job_id) from None
-    except JobNotFinished:
-        raise ApiError(409, "job_not_finished",
-                       f"job {job_id} is still running; ask again when it is finished") from None
+    name = await request.app[keys.ARCHIVES].ensure(_valid_id(request, "job_id", "job"))
     return web.json_response({"archive_url": f"/api/download/{name}"})
 
 
@@ -285,12 +252,7 @@ async def download(request: web.Request) -> web.FileResponse:
     missing = ApiError(404, "not_found", "no such result archive")
     if job_id is None:
         raise missing
-    try:
-        job = await request.app[keys.STORE].get_job(job_id)
-    except NotFound:
-        if await request.app[keys.STORE].deleted_at(job_id) is not None:
-            raise ApiError(410, "gone", f"job {job_id} and its results were deleted") from None
-        raise missing from None
+    job = await request.app[keys.STORE].get_job(job_id)  # NotFound: 404, or 410 if deleted
     if job.archive_name != name:
         raise missing
     path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).archive

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
-from .archive import folder_files, zip_stream
-from .client import ApiFailure, OilspillClient, ServerGone
+from .folders import folder_files, zip_stream
+from .session import ApiFailure, OilspillClient, ServerGone
 
 EXIT_OK, EXIT_FAILURES, EXIT_REFUSED, EXIT_GONE, EXIT_RUNNING = 0, 1, 3, 4, 5
 

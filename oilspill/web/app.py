@@ -15,24 +15,25 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from PIL import Image
 
+from ..cleanup import Cleanup, recover_files
+from ..config import Settings
+from ..jobs import RetryPolicy
+from ..looplag import LoopLagMonitor
+from ..metrics import Metrics
+from ..ml_client import MLClient
+from ..outage import OutageGate
+from ..results import ResultArchives
+from ..store import Store
+from ..worker import WorkerPool
 from . import api, events, keys, page
-from .cleanup import Retention, recover_files
-from .config import Settings
-from .jobs import RetryPolicy
-from .looplag import LoopLagMonitor
-from .metrics import Metrics
 from .middlewares import (
     auth_middleware,
     cors_middleware,
     error_middleware,
     metrics_middleware,
 )
-from .ml_client import MLClient
-from .outage import OutageGate
-from .results import ResultArchives
-from .store import Store
-from .worker import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     ml = app[keys.ML_CLIENT]
     pool = WorkerPool(
-        app[keys.STORE], ml, settings.jobs_dir, settings.concurrency,
+        store=app[keys.STORE], ml=ml, jobs_dir=settings.jobs_dir,
+        concurrency=settings.concurrency,
         policy=RetryPolicy(max_attempts=settings.ml_max_attempts,
                            base_delay_s=settings.ml_retry_base_s,
                            max_delay_s=settings.ml_retry_max_s),
@@ -96,20 +98,21 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
     await pool.stop(settings.shutdown_grace_s)
 
 
-async def _retention(app: web.Application) -> AsyncIterator[None]:
+async def _cleanup(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    retention = Retention(
-        app[keys.STORE], app[keys.POOL], settings.jobs_dir, retention_s=settings.retention_s,
+    cleanup = Cleanup(
+        store=app[keys.STORE], pool=app[keys.POOL], jobs_dir=settings.jobs_dir,
+        retention_s=settings.retention_s,
         orphan_age_s=settings.orphan_age_s, tombstone_s=settings.tombstone_s,
         active_uploads=app[keys.ACTIVE_UPLOADS], metrics=app[keys.METRICS])
-    app[keys.RETENTION] = retention
+    app[keys.CLEANUP] = cleanup
     scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
-    scheduler.add_job(retention.run_once, "interval", seconds=settings.cleanup_interval_s,
+    scheduler.add_job(cleanup.run_once, "interval", seconds=settings.cleanup_interval_s,
                       id="retention", coalesce=True, max_instances=1)
     scheduler.start()
     yield
     scheduler.shutdown(wait=False)
-    async with retention.running:  # let a run in progress finish before the store closes
+    async with cleanup.running:  # let a run in progress finish before the store closes
         pass
 
 
@@ -120,6 +123,8 @@ async def _start_draining(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     """The oilspill web application for these settings."""
+    # Pillow's decompression-bomb guard is process-wide: match it to our own limit.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     # Outermost first: CORS headers go on every answer, errors included; the token check
     # raises an ApiError that the error middleware renders.
     app = web.Application(middlewares=[metrics_middleware, cors_middleware, error_middleware,
@@ -133,7 +138,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_ml_client)
     app.cleanup_ctx.append(_worker_pool)
-    app.cleanup_ctx.append(_retention)
+    app.cleanup_ctx.append(_cleanup)
     app.on_shutdown.append(_start_draining)
     _routes(app)
     return app

@@ -1,0 +1,1 @@
+"""What speaks HTTP: the application, its handlers, middlewares, page and OpenAPI document."""
