@@ -46,7 +46,7 @@ class Settings:
         "OILSPILL_CONCURRENCY", 4, "Calls to the ML service in flight at once.", 1, 1024)
     max_upload_bytes: int = _setting(
         "OILSPILL_MAX_UPLOAD_BYTES", 1 * GIB,
-        "Largest accepted upload (the zip as sent); larger gets 413.", 1)
+        "Largest accepted upload (the zip, image or scene as sent); larger gets 413.", 1)
     ml_timeout_s: float = _setting(
         "OILSPILL_ML_TIMEOUT_S", 60.0, "Total time allowed for one call to the ML service.",
         0.01, 86400)
@@ -62,8 +62,27 @@ class Settings:
         "(or would have, after the upload's announced size).", 0)
     max_image_pixels: int = _setting(
         "OILSPILL_MAX_IMAGE_PIXELS", 100_000_000,
-        "Largest image, in pixels (width x height); larger images become failed tasks. "
-        "Pillow's decompression-bomb guard is set to match.", 1)
+        "Largest plain image (PNG, JPEG, BMP), in pixels (width x height); larger images "
+        "become failed tasks. Pillow's decompression-bomb guard is set to match. TIFF "
+        "scenes have OILSPILL_MAX_SCENE_PIXELS.", 1)
+    tile_px: int = _setting(
+        "OILSPILL_TILE_PX", 1024,
+        "A TIFF scene is cut into tiles of this many pixels a side, each one unit of work "
+        "sent to the ML service.", 64, 16384)
+    tile_overlap_px: int = _setting(
+        "OILSPILL_TILE_OVERLAP_PX", 128,
+        "Overlap between neighbouring tiles; in the overlap the tile whose centre is nearer "
+        "wins. Must be under half of OILSPILL_TILE_PX.", 0, 8192)
+    max_scene_pixels: int = _setting(
+        "OILSPILL_MAX_SCENE_PIXELS", 1_000_000_000,
+        "Largest scene (TIFF or Sentinel-1 product), in pixels, checked from its header "
+        "before any pixel is read.", 1)
+    scene_band: int = _setting(
+        "OILSPILL_SCENE_BAND", 1, "The band of a multi-band TIFF scene that is analysed.",
+        1, 1_000_000)
+    s1_polarisation: str = _setting(
+        "OILSPILL_S1_POLARISATION", "vv",
+        "The polarisation of a Sentinel-1 product that is analysed: vv, vh, hh or hv.")
     overlay_max_px: int = _setting(
         "OILSPILL_OVERLAY_MAX_PX", 1024,
         "Longest side of the overlay pictures (the input in grey with the oil tinted).",
@@ -200,6 +219,15 @@ def from_env(env: Mapping[str, str]) -> Settings:
         if values["log_level"] not in _LOG_LEVELS:
             raise ConfigError(f"OILSPILL_LOG_LEVEL={env['OILSPILL_LOG_LEVEL']!r}: "
                               f"expected one of {', '.join(sorted(_LOG_LEVELS))}")
+    if "s1_polarisation" in values:
+        values["s1_polarisation"] = values["s1_polarisation"].lower()
+        if values["s1_polarisation"] not in {"vv", "vh", "hh", "hv"}:
+            raise ConfigError(f"OILSPILL_S1_POLARISATION={env['OILSPILL_S1_POLARISATION']!r}: "
+                              "expected vv, vh, hh or hv")
+    tile_px = values.get("tile_px", Settings.tile_px)
+    if 2 * values.get("tile_overlap_px", Settings.tile_overlap_px) >= tile_px:
+        raise ConfigError(f"OILSPILL_TILE_OVERLAP_PX must be under half of OILSPILL_TILE_PX "
+                          f"({tile_px})")
     if "ml_service_url" in values:
         url = values["ml_service_url"].rstrip("/")
         if not re.match(r"^https?://[^/\s]+", url):

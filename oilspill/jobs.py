@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class TaskStatus(StrEnum):
@@ -27,6 +28,14 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
+class UnitKind(StrEnum):
+    """What one unit of a scene's work is."""
+
+    TILE = "tile"  # a window of the scene, sent to the ML service
+    OVERVIEW = "overview"  # the whole scene brought down to one tile, for context
+    STITCH = "stitch"  # the tile masks made one mask, once every other unit is done
+
+
 class ResultKind(StrEnum):
     """What the ML service answered for a done task."""
 
@@ -43,7 +52,10 @@ class Task:
     attempts: how many times a worker has claimed it (0 while never run).
     result_name: the file under the job's `masks/` or `results/` folder, once done.
     oil_pixels / oil_fraction / slick_count / largest_slick_px: None unless result_kind is
-    MASK; a mask's overlay (the input with the oil tinted) is drawn on first use.
+    MASK; a mask's overlay (the input with the oil tinted) is drawn on first use. For a scene
+    they count its valid area only.
+    tiles_total / tiles_done: ML units (tiles and the overview; 1 for a plain image).
+    scene: for a scene, its georeference and the scale its tiles were sent on.
     """
 
     id: str
@@ -67,6 +79,15 @@ class Task:
     not_before: float | None = None
     slick_count: int | None = None
     largest_slick_px: int | None = None
+    tiled: bool = False  # a scene cut into tiles: its units of work are TileUnits
+    tiles_total: int = 1
+    tiles_done: int = 0
+    scene: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        """This unit of work's key among the claimed ones."""
+        return self.id
 
     @property
     def has_overlay(self) -> bool:
@@ -125,12 +146,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class Job:
-    """An uploaded zip and its tasks.
+    """An upload (a zip of images, or one image or scene) and its tasks.
 
-    upload_name: the zip's file name as the client sent it.
+    upload_name: the file name as the client sent it.
     finished_at: set in the same transaction that finishes its last task; None before.
     archive_name: the result zip's file name once built (served by /api/download/).
     skipped: entries of the zip that were not images, as (filename, reason) pairs.
+    tiles_total / tiles_done: ML units of all its tasks (see Task).
     """
 
     id: str
@@ -140,6 +162,8 @@ class Job:
     archive_name: str | None
     skipped: tuple[tuple[str, str], ...]
     progress: Progress
+    tiles_total: int = 0
+    tiles_done: int = 0
 
     @property
     def finished(self) -> bool:
@@ -147,13 +171,53 @@ class Job:
 
 
 @dataclass(frozen=True)
+class NewTile:
+    """A unit of a scene's work, created with its task: the window sent (col, row, width,
+    height) and the core it owns in the stitched mask, in scene pixels."""
+
+    idx: int
+    kind: UnitKind
+    window: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """A claimed unit of a scene's work, with its task."""
+
+    task: Task
+    idx: int
+    kind: UnitKind
+    window: tuple[int, int, int, int]
+    core: tuple[int, int, int, int]
+    attempts: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task.id}#{self.idx}"
+
+    @property
+    def job_id(self) -> str:
+        return self.task.job_id
+
+    def retryable(self, policy: RetryPolicy) -> bool:
+        return self.attempts < policy.max_attempts
+
+
+@dataclass(frozen=True)
 class NewTask:
-    """A task to create with its job: see Task for the fields."""
+    """A task to create with its job: see Task for the fields.
+
+    tiles: a scene's units of work (empty for a plain image). error: the image cannot be
+    used (it is recorded failed at once, with this reason).
+    """
 
     id: str
     filename: str
     stored_name: str
     content_type: str
+    tiles: tuple[NewTile, ...] = ()
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +232,7 @@ class TaskOutcome:
     oil_fraction: float | None = None
     slick_count: int | None = None
     largest_slick_px: int | None = None
+    scene: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +251,24 @@ class TaskFailure:
     reason: str
     width: int | None = None
     height: int | None = None
+
+
+@dataclass(frozen=True)
+class TileDone:
+    """A scene's tile or overview whose mask is kept."""
+
+    task_id: str
+    idx: int
+
+
+@dataclass(frozen=True)
+class TileRetry:
+    """A scene's unit put back in the queue, due again at `not_before` (epoch seconds)."""
+
+    task_id: str
+    idx: int
+    reason: str
+    not_before: float
 
 
 @dataclass(frozen=True)

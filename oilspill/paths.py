@@ -18,7 +18,8 @@ PARTIAL_SUFFIX = ".part"
 # Partial files that a crashed process may leave, relative to the jobs folder: the upload
 # and the result zip in a job's folder, and hidden ones in its result folders.
 PARTIAL_GLOBS = (f"*/*{PARTIAL_SUFFIX}", f"*/masks/.*{PARTIAL_SUFFIX}",
-                 f"*/results/.*{PARTIAL_SUFFIX}", f"*/overlays/.*{PARTIAL_SUFFIX}")
+                 f"*/results/.*{PARTIAL_SUFFIX}", f"*/overlays/.*{PARTIAL_SUFFIX}",
+                 f"*/scenes/*/.*{PARTIAL_SUFFIX}")
 _ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
                            r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
 
@@ -39,6 +40,11 @@ def is_id(value: str) -> bool:
 def stored_image_name(seq: int, extension: str) -> str:
     """The safe name of an upload's `seq`-th image in the images folder (extension no dot)."""
     return f"{seq:06d}.{extension}"
+
+
+def calibration_name(stored_name: str) -> str:
+    """The name of a Sentinel-1 measurement's calibration table, beside it in images/."""
+    return f"{stored_name}.calibration.xml"
 
 
 def result_name(seq: int, extension: str) -> str:
@@ -69,17 +75,46 @@ class JobPaths:
 
     @property
     def upload(self) -> Path:
-        return self.root / "upload.zip"
+        """The upload as received: a zip, or one image."""
+        return self.root / "upload"
 
     @property
     def upload_part(self) -> Path:
         """The upload while it is still arriving."""
-        return self.root / f"upload.zip{PARTIAL_SUFFIX}"
+        return self.root / f"upload{PARTIAL_SUFFIX}"
 
     @property
     def result_folders(self) -> tuple[Path, ...]:
         """The folders a worker writes into, made with the job."""
-        return self.masks, self.results
+        return self.masks, self.results, self.overlays, self.scenes
+
+    @property
+    def scenes(self) -> Path:
+        """Working files of the scenes being tiled, one folder per task (by seq)."""
+        return self.root / "scenes"
+
+    def scene_work(self, seq: int) -> Path:
+        """A scene task's working folder: its survey and tile masks, removed once stitched."""
+        return self.scenes / f"{seq:06d}"
+
+    def survey(self, seq: int) -> Path:
+        return self.scene_work(seq) / "survey.npz"
+
+    def tile_mask(self, seq: int, idx: int) -> Path:
+        """The ML service's mask of one unit (tile or overview) of a scene."""
+        return self.scene_work(seq) / f"{idx:06d}.png"
+
+    def scene_partial(self, seq: int, name: str) -> Path:
+        """A file of a scene's working folder while it is written."""
+        return self.scene_work(seq) / f".{name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+
+    def mask_partial(self, result_name: str) -> Path:
+        """A stitched mask while it is written (in masks/, renamed from there)."""
+        return self.masks / f".{result_name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+
+    def calibration(self, stored_name: str) -> Path:
+        """A Sentinel-1 measurement's calibration table, kept beside it."""
+        return self.images / calibration_name(stored_name)
 
     @property
     def images(self) -> Path:
@@ -99,12 +134,12 @@ class JobPaths:
         return self.root / "overlays"
 
     def overlay(self, result_name: str) -> Path:
-        """The overlay drawn for a mask (same name, in overlays/)."""
-        return self.overlays / result_name
+        """The overlay drawn for a mask: a PNG of the same stem, in overlays/."""
+        return self.overlays / f"{Path(result_name).stem}.png"
 
     def overlay_partial(self, result_name: str) -> Path:
         """A fresh name for an overlay being drawn (two requests may draw it at once)."""
-        return self.overlays / f".{result_name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        return self.overlays / f".{Path(result_name).stem}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
 
     def answer_partial(self, task_id: str) -> Path:
         """The ML service's answer for a task while it arrives (in masks/, renamed from there)."""

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .jobs import TaskDone, TaskFailure, TaskOutcome, TaskRetry
+from .jobs import TaskDone, TaskFailure, TaskOutcome, TaskRetry, TileDone, TileRetry
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 class _End:
     """One task's end, and the future its worker waits on until it is committed."""
 
-    end: TaskDone | TaskFailure | TaskRetry
+    end: TaskDone | TaskFailure | TaskRetry | TileDone | TileRetry
     future: asyncio.Future[None]
     files: Sequence[Path] = field(default_factory=tuple)
 
@@ -75,6 +75,14 @@ class Recorder:
         """Put a task back in the queue, due at `not_before` (epoch seconds)."""
         await self._submit(_End(TaskRetry(task_id, reason, not_before), self._future()))
 
+    async def tile_done(self, task_id: str, idx: int, files: Sequence[Path]) -> None:
+        """Record a scene's unit as done once its mask file is durable."""
+        await self._submit(_End(TileDone(task_id, idx), self._future(), files))
+
+    async def tile_retry(self, task_id: str, idx: int, reason: str, not_before: float) -> None:
+        """Put a scene's unit back in the queue, due at `not_before` (epoch seconds)."""
+        await self._submit(_End(TileRetry(task_id, idx, reason, not_before), self._future()))
+
     @staticmethod
     def _future() -> asyncio.Future[None]:
         return asyncio.get_running_loop().create_future()
@@ -105,7 +113,9 @@ class Recorder:
             await self._store.record(
                 done=[e for e in ends if isinstance(e, TaskDone)],
                 failed=[e for e in ends if isinstance(e, TaskFailure)],
-                retries=[e for e in ends if isinstance(e, TaskRetry)])
+                retries=[e for e in ends if isinstance(e, TaskRetry)],
+                tiles_done=[e for e in ends if isinstance(e, TileDone)],
+                tile_retries=[e for e in ends if isinstance(e, TileRetry)])
         except Exception as exc:
             logger.exception("recording %d task ends failed", len(batch))
             for end in batch:

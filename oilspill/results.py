@@ -22,7 +22,8 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("filename", "status", "width", "height", "oil_fraction", "oil_pixels",
-                  "slick_count", "largest_slick_px", "result", "overlay", "error")
+                  "slick_count", "largest_slick_px", "result", "overlay", "error", "tiles",
+                  "crs", "db_kind", "scale_low_db", "scale_high_db")
 
 README_TXT = """\
 oilspill results
@@ -31,6 +32,10 @@ oilspill results
 masks/<image>.png     one per image the ML service segmented: one channel, the image's
                       width and height, 0 = sea, 255 = oil. <image> is the image's path in
                       your upload, its extension replaced (a clash gets ~2, ~3 ...).
+masks/<image>.tif     for a TIFF scene or Sentinel-1 product: the stitched mask as a
+                      Cloud-Optimized GeoTIFF with the scene's CRS and transform (or its
+                      ground control points); 0 = sea, 255 = oil, 127 = no data (outside
+                      the scene's valid area).
 overlays/<image>.png  the same image in grey with the oil tinted orange, for looking at;
                       its longest side is at most OILSPILL_OVERLAY_MAX_PX.
 results/<image>.<ext> pictures an ML service sent instead of masks (an annotated JPEG from
@@ -45,6 +50,13 @@ summary.json            filename           the image's path in the upload
                         largest_slick_px   pixels of the largest slick
                         result, overlay    its files in this zip
                         error              why it failed, for a failed image
+                        tiles              for a scene: the tiles it was cut into
+                        crs                for a scene: its coordinate reference system
+                        db_kind, scale_low_db, scale_high_db
+                                           for a scene: the one scale its tiles were sent
+                                           to the ML service on (dB of sigma0, amplitude
+                                           or intensity, 1st and 99th percentile -> 0, 255)
+For a scene, oil_fraction is over its valid area (the border and nodata are not sea).
 """
 
 
@@ -70,7 +82,8 @@ def _entries(task: Task, stem: str | None) -> tuple[str | None, str | None]:
     if stem is None or task.result_name is None:
         return None, None
     if task.result_kind is ResultKind.MASK:
-        return f"masks/{stem}.png", f"overlays/{stem}.png" if task.has_overlay else None
+        suffix = PurePosixPath(task.result_name).suffix
+        return f"masks/{stem}{suffix}", f"overlays/{stem}.png" if task.has_overlay else None
     return f"results/{stem}{PurePosixPath(task.result_name).suffix}", None
 
 
@@ -78,11 +91,16 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str,
     rows: list[dict[str, object]] = []
     for t in tasks:
         result, overlay = _entries(t, stems.get(t.id))
+        scene = t.scene or {}
+        scale = scene.get("scale") or {}
         rows.append({
             "filename": t.filename, "status": t.status.value, "width": t.width,
             "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
             "slick_count": t.slick_count, "largest_slick_px": t.largest_slick_px,
             "result": result, "overlay": overlay, "error": t.error,
+            "tiles": scene.get("tiles"), "crs": scene.get("crs"),
+            "db_kind": scale.get("db_kind"), "scale_low_db": scale.get("low_db"),
+            "scale_high_db": scale.get("high_db"),
         })
     return rows
 

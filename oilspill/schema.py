@@ -111,6 +111,65 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_by_job_seq ON tasks(job_id, seq);
     CREATE INDEX tasks_by_job_finished ON tasks(job_id, finished_at);
     """,
+    """
+    -- Scenes: a task whose image is cut into tiles has one row per unit of work in tiles
+    -- (each tile, the overview, and the stitch that runs once all others are done); the
+    -- rows go when the task finishes. tiles_total/tiles_done count the ML units (a plain
+    -- task is one), on the task and, kept by trigger, on its job.
+    ALTER TABLE tasks ADD COLUMN tiled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN tiles_total INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tasks ADD COLUMN tiles_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN scene TEXT;
+    UPDATE tasks SET tiles_done = 1 WHERE status IN ('done', 'failed');
+    ALTER TABLE jobs ADD COLUMN tiles_total INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN tiles_done INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET
+        tiles_total = (SELECT COUNT(*) FROM tasks WHERE job_id = jobs.id),
+        tiles_done = (SELECT COALESCE(SUM(tiles_done), 0) FROM tasks WHERE job_id = jobs.id);
+    CREATE TRIGGER tasks_tiles_on_insert AFTER INSERT ON tasks BEGIN
+        UPDATE jobs SET tiles_total = tiles_total + NEW.tiles_total,
+                        tiles_done = tiles_done + NEW.tiles_done
+        WHERE id = NEW.job_id;
+    END;
+    CREATE TRIGGER tasks_tiles_on_update AFTER UPDATE OF tiles_done ON tasks
+    WHEN OLD.tiles_done <> NEW.tiles_done BEGIN
+        UPDATE jobs SET tiles_done = tiles_done + NEW.tiles_done - OLD.tiles_done
+        WHERE id = NEW.job_id;
+    END;
+    CREATE TABLE tiles (
+        task_id     TEXT NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+        job_id      TEXT NOT NULL,
+        idx         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        col         INTEGER NOT NULL,
+        row         INTEGER NOT NULL,
+        width       INTEGER NOT NULL,
+        height      INTEGER NOT NULL,
+        core_col    INTEGER NOT NULL,
+        core_row    INTEGER NOT NULL,
+        core_width  INTEGER NOT NULL,
+        core_height INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        not_before  REAL,
+        started_at  REAL,
+        error       TEXT,
+        PRIMARY KEY (task_id, idx)
+    );
+    CREATE INDEX tiles_by_status ON tiles(status);
+    -- The first claimed unit of a scene starts its task (and so its job's counters).
+    CREATE TRIGGER tiles_start_their_task AFTER UPDATE OF status ON tiles
+    WHEN NEW.status = 'running' BEGIN
+        UPDATE tasks SET status = 'running', attempts = MAX(attempts, 1),
+                         started_at = COALESCE(started_at,
+                                               (julianday('now') - 2440587.5) * 86400.0)
+        WHERE id = NEW.task_id AND status = 'queued';
+    END;
+    CREATE TRIGGER tiles_counted_when_done AFTER UPDATE OF status ON tiles
+    WHEN NEW.status = 'done' AND OLD.status <> 'done' AND NEW.kind <> 'stitch' BEGIN
+        UPDATE tasks SET tiles_done = tiles_done + 1 WHERE id = NEW.task_id;
+    END;
+    """,
 )
 
 

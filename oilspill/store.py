@@ -31,6 +31,10 @@ from .jobs import (
     TaskOutcome,
     TaskRetry,
     TaskStatus,
+    TileDone,
+    TileRetry,
+    TileUnit,
+    UnitKind,
 )
 from .schema import migrate
 
@@ -44,7 +48,16 @@ _FINISH_SQL = (
     " height = :height, result_kind = :result_kind, result_name = :result_name,"
     " oil_pixels = :oil_pixels, oil_fraction = :oil_fraction,"
     " slick_count = :slick_count, largest_slick_px = :largest_slick_px,"
-    " error = :error WHERE id = :id AND status = 'running'")
+    " error = :error, scene = :scene, tiles_done = tiles_total"
+    " WHERE id = :id AND status = 'running'")
+# A finished scene's units of work are of no more use (a late answer finds no row).
+_DROP_TILES_SQL = "DELETE FROM tiles WHERE task_id = :id"
+_TILE_DONE_SQL = (
+    "UPDATE tiles SET status = 'done', error = NULL"
+    " WHERE task_id = :task_id AND idx = :idx AND status = 'running'")
+_TILE_RETRY_SQL = (
+    "UPDATE tiles SET status = 'queued', error = :error, not_before = :not_before,"
+    " started_at = NULL WHERE task_id = :task_id AND idx = :idx AND status = 'running'")
 _RETRY_SQL = (
     "UPDATE tasks SET status = 'queued', error = :error, not_before = :not_before,"
     " started_at = NULL WHERE id = :id AND status = 'running'")
@@ -55,13 +68,13 @@ def _done_values(outcome: TaskOutcome) -> dict[str, Any]:
             "result_kind": outcome.result_kind.value, "result_name": outcome.result_name,
             "oil_pixels": outcome.oil_pixels, "oil_fraction": outcome.oil_fraction,
             "slick_count": outcome.slick_count, "largest_slick_px": outcome.largest_slick_px,
-            "error": None}
+            "error": None, "scene": json.dumps(outcome.scene) if outcome.scene else None}
 
 
 def _failed_values(error: str, width: int | None, height: int | None) -> dict[str, Any]:
     return {"width": width, "height": height, "result_kind": None, "result_name": None,
             "oil_pixels": None, "oil_fraction": None, "slick_count": None,
-            "largest_slick_px": None, "error": error}
+            "largest_slick_px": None, "error": error, "scene": None}
 
 
 class StoreError(Exception):
@@ -81,6 +94,11 @@ def _now() -> float:
     return time.time()
 
 
+def _ml_units(task: NewTask) -> int:
+    """The ML calls a new task needs: its tiles and overview, or its one image."""
+    return sum(u.kind is not UnitKind.STITCH for u in task.tiles) or 1
+
+
 def _task(row: aiosqlite.Row) -> Task:
     return Task(
         id=row["id"], job_id=row["job_id"], seq=row["seq"], filename=row["filename"],
@@ -92,7 +110,17 @@ def _task(row: aiosqlite.Row) -> Task:
         result_name=row["result_name"], oil_pixels=row["oil_pixels"],
         oil_fraction=row["oil_fraction"], error=row["error"], not_before=row["not_before"],
         slick_count=row["slick_count"], largest_slick_px=row["largest_slick_px"],
+        tiled=bool(row["tiled"]), tiles_total=row["tiles_total"], tiles_done=row["tiles_done"],
+        scene=json.loads(row["scene"]) if row["scene"] else None,
     )
+
+
+def _tile(row: aiosqlite.Row, task: Task) -> TileUnit:
+    return TileUnit(task=task, idx=row["idx"], kind=UnitKind(row["kind"]),
+                    window=(row["col"], row["row"], row["width"], row["height"]),
+                    core=(row["core_col"], row["core_row"], row["core_width"],
+                          row["core_height"]),
+                    attempts=row["attempts"])
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -171,12 +199,31 @@ class Store:
             )
             await db.executemany(
                 "INSERT INTO tasks (id, job_id, seq, filename, stored_name, content_type,"
-                " status, created_at) VALUES (:id, :job_id, :seq, :filename, :stored_name,"
-                " :content_type, 'queued', :now)",
+                " status, created_at, finished_at, error, tiled, tiles_total, tiles_done)"
+                " VALUES (:id, :job_id, :seq, :filename, :stored_name, :content_type,"
+                " :status, :now, :finished_at, :error, :tiled, :tiles_total, :tiles_done)",
                 [{"id": t.id, "job_id": job_id, "seq": seq, "filename": t.filename,
-                  "stored_name": t.stored_name, "content_type": t.content_type, "now": now}
+                  "stored_name": t.stored_name, "content_type": t.content_type, "now": now,
+                  "status": "failed" if t.error else "queued", "error": t.error,
+                  "finished_at": now if t.error else None, "tiled": bool(t.tiles),
+                  "tiles_total": _ml_units(t), "tiles_done": _ml_units(t) if t.error else 0}
                  for seq, t in enumerate(tasks)],
             )
+            await db.executemany(
+                "INSERT INTO tiles (task_id, job_id, idx, kind, col, row, width, height,"
+                " core_col, core_row, core_width, core_height, status) VALUES (:task_id,"
+                " :job_id, :idx, :kind, :col, :row, :width, :height, :core_col, :core_row,"
+                " :core_width, :core_height, 'queued')",
+                [{"task_id": t.id, "job_id": job_id, "idx": u.idx, "kind": u.kind.value,
+                  "col": u.window[0], "row": u.window[1], "width": u.window[2],
+                  "height": u.window[3], "core_col": u.core[0], "core_row": u.core[1],
+                  "core_width": u.core[2], "core_height": u.core[3]}
+                 for t in tasks if not t.error for u in t.tiles],
+            )
+            # Tasks refused at once finish here, not by the status trigger.
+            await db.execute(
+                "UPDATE jobs SET finished_at = :now WHERE id = :id"
+                " AND n_queued + n_running = 0", {"id": job_id, "now": now})
 
     async def get_job(self, job_id: str) -> Job:
         """The job with its progress counts; NotFound if there is none."""
@@ -192,7 +239,7 @@ class Store:
             id=row["id"], upload_name=row["upload_name"], created_at=row["created_at"],
             finished_at=row["finished_at"], archive_name=row["archive_name"],
             skipped=tuple((s[0], s[1]) for s in json.loads(row["skipped"])),
-            progress=progress,
+            progress=progress, tiles_total=row["tiles_total"], tiles_done=row["tiles_done"],
         )
 
     async def list_tasks(self, job_id: str, offset: int = 0, limit: int = -1) -> list[Task]:
@@ -246,11 +293,76 @@ class Store:
                 rows = await cur.fetchall()
         return sorted((_task(row) for row in rows), key=lambda t: (t.created_at, t.seq))
 
-    async def record(self, done: Sequence[TaskDone], failed: Sequence[TaskFailure],
-                     retries: Sequence[TaskRetry]) -> None:
-        """Record many running tasks' ends in one transaction (a group commit).
+    async def claim_units(self, limit: int) -> list[Task | TileUnit]:
+        """Atomically move up to `limit` due units of work to running: plain tasks first,
+        then scenes' tiles (a scene's stitch only once all its other units are done).
 
-        A task no longer running (its job was deleted) is passed over.
+        Small images do not wait behind a scene of hundreds of tiles. Each claim is one
+        status-guarded UPDATE … RETURNING inside one BEGIN IMMEDIATE.
+        """
+        async with self._transaction() as db:
+            now = _now()
+            tasks = await self._claim_plain(db, now, limit)
+            units: list[Task | TileUnit] = list(tasks)
+            if len(units) < limit:
+                units += await self._claim_tiles(db, now, limit - len(units))
+        return units
+
+    @staticmethod
+    async def _claim_plain(db: aiosqlite.Connection, now: float, limit: int) -> list[Task]:
+        async with db.execute(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+            " started_at = :now, not_before = NULL"
+            " WHERE rowid IN (SELECT rowid FROM tasks WHERE status = 'queued' AND tiled = 0"
+            "                 AND (not_before IS NULL OR not_before <= :now)"
+            "                 ORDER BY rowid LIMIT :limit)"
+            " AND status = 'queued' RETURNING *",
+            {"now": now, "limit": limit},
+        ) as cur:
+            rows = await cur.fetchall()
+        return sorted((_task(row) for row in rows), key=lambda t: (t.created_at, t.seq))
+
+    @staticmethod
+    async def _claim_tiles(db: aiosqlite.Connection, now: float, limit: int
+                           ) -> list[TileUnit]:
+        async with db.execute(
+            "UPDATE tiles SET status = 'running', attempts = attempts + 1,"
+            " started_at = :now, not_before = NULL"
+            " WHERE rowid IN (SELECT rowid FROM tiles AS t WHERE status = 'queued'"
+            "                 AND (not_before IS NULL OR not_before <= :now)"
+            "                 AND (kind <> 'stitch' OR NOT EXISTS (SELECT 1 FROM tiles AS o"
+            "                      WHERE o.task_id = t.task_id AND o.kind <> 'stitch'"
+            "                      AND o.status <> 'done'))"
+            "                 ORDER BY rowid LIMIT :limit)"
+            " AND status = 'queued' RETURNING *",
+            {"now": now, "limit": limit},
+        ) as cur:
+            rows = await cur.fetchall()
+        if not rows:
+            return []
+        ids = sorted({row["task_id"] for row in rows})
+        async with db.execute(
+            f"SELECT * FROM tasks WHERE id IN ({', '.join('?' * len(ids))})", ids
+        ) as cur:
+            tasks = {row["id"]: _task(row) for row in await cur.fetchall()}
+        return sorted((_tile(row, tasks[row["task_id"]]) for row in rows),
+                      key=lambda u: (u.task.created_at, u.task.seq, u.idx))
+
+    async def units_of(self, task_id: str) -> list[TileUnit]:
+        """A scene task's units of work, in order."""
+        task = await self.get_task(task_id)
+        async with self._reader.execute(
+            "SELECT * FROM tiles WHERE task_id = ? ORDER BY idx", (task_id,)
+        ) as cur:
+            return [_tile(row, task) for row in await cur.fetchall()]
+
+    async def record(self, done: Sequence[TaskDone], failed: Sequence[TaskFailure],
+                     retries: Sequence[TaskRetry], tiles_done: Sequence[TileDone] = (),
+                     tile_retries: Sequence[TileRetry] = ()) -> None:
+        """Record many units' ends in one transaction (a group commit).
+
+        A unit no longer running (its job was deleted, its scene failed) is passed over. A
+        finished task's tile rows are dropped with it.
         """
         now = _now()
         rows = [{**_done_values(d.outcome), "id": d.task_id, "status": "done", "now": now}
@@ -258,8 +370,16 @@ class Store:
         rows += [{**_failed_values(f.reason, f.width, f.height), "id": f.task_id,
                   "status": "failed", "now": now} for f in failed]
         async with self._transaction() as db:
+            if tiles_done:
+                await db.executemany(_TILE_DONE_SQL, [
+                    {"task_id": t.task_id, "idx": t.idx} for t in tiles_done])
+            if tile_retries:
+                await db.executemany(_TILE_RETRY_SQL, [
+                    {"task_id": r.task_id, "idx": r.idx, "error": r.reason,
+                     "not_before": r.not_before} for r in tile_retries])
             if rows:
                 await db.executemany(_FINISH_SQL, rows)
+                await db.executemany(_DROP_TILES_SQL, [{"id": row["id"]} for row in rows])
             if retries:
                 await db.executemany(_RETRY_SQL, [
                     {"id": r.task_id, "error": r.reason, "not_before": r.not_before}
@@ -268,29 +388,50 @@ class Store:
     async def next_due_at(self) -> float | None:
         """When the earliest queued task waiting out a back-off becomes due; None if none."""
         async with self._reader.execute(
-            "SELECT MIN(not_before) FROM tasks WHERE status = 'queued'"
+            "SELECT MIN(t) FROM (SELECT MIN(not_before) AS t FROM tasks WHERE status = 'queued'"
+            " UNION ALL SELECT MIN(not_before) FROM tiles WHERE status = 'queued')"
         ) as cur:
             row = await cur.fetchone()
         return float(row[0]) if row and row[0] is not None else None
 
-    async def release_tasks(self, task_ids: Sequence[str]) -> int:
-        """Give back claimed tasks whose call never started: queued again, the claim's
+    async def release_units(self, units: Sequence[Task | TileUnit]) -> int:
+        """Give back claimed units whose work never started: queued again, the claim's
         attempt not counted. Returns how many were still running."""
-        if not task_ids:
+        tasks = [(u.id,) for u in units if isinstance(u, Task)]
+        tiles = [(u.task.id, u.idx) for u in units if isinstance(u, TileUnit)]
+        if not tasks and not tiles:
             return 0
+        released = 0
         async with self._transaction() as db:
-            cur = await db.executemany(
-                "UPDATE tasks SET status = 'queued', started_at = NULL,"
-                " attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'",
-                [(task_id,) for task_id in task_ids])
-            return cur.rowcount
+            if tasks:
+                cur = await db.executemany(
+                    "UPDATE tasks SET status = 'queued', started_at = NULL,"
+                    " attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'",
+                    tasks)
+                released += cur.rowcount
+            if tiles:
+                cur = await db.executemany(
+                    "UPDATE tiles SET status = 'queued', started_at = NULL,"
+                    " attempts = MAX(attempts - 1, 0)"
+                    " WHERE task_id = ? AND idx = ? AND status = 'running'", tiles)
+                released += cur.rowcount
+        return released
 
     async def requeue_running(self) -> int:
-        """Put every `running` task back to `queued` (their claimer is gone); return how many."""
+        """Put every `running` task and tile back to `queued` (their claimer is gone);
+        return how many units."""
         async with self._transaction() as db:
             cur = await db.execute(
-                "UPDATE tasks SET status = 'queued', started_at = NULL WHERE status = 'running'")
-            return cur.rowcount
+                "UPDATE tiles SET status = 'queued', started_at = NULL WHERE status = 'running'")
+            tiles = cur.rowcount
+            # A scene's task counts as started again when one of its units is claimed.
+            cur = await db.execute(
+                "UPDATE tasks SET status = 'queued', started_at = NULL WHERE status = 'running'"
+                " AND tiled = 0")
+            plain = cur.rowcount
+            await db.execute(
+                "UPDATE tasks SET status = 'queued' WHERE status = 'running' AND tiled = 1")
+            return plain + tiles
 
     # --- deletion -------------------------------------------------------------------------
 

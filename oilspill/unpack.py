@@ -12,7 +12,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .paths import stored_image_name
+from .geo.safe import find_safe
+from .paths import calibration_name, stored_image_name
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,11 @@ _IMAGE_MAGIC: tuple[tuple[bytes, str, str], ...] = (
     (b"\xff\xd8\xff", "jpg", "image/jpeg"),
     (b"II*\x00", "tif", "image/tiff"),
     (b"MM\x00*", "tif", "image/tiff"),
+    (b"II+\x00", "tif", "image/tiff"),  # BigTIFF
+    (b"MM\x00+", "tif", "image/tiff"),
     (b"BM", "bmp", "image/bmp"),
 )
-_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 class UnpackError(Exception):
@@ -98,11 +101,15 @@ def _not_regular(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and file_type != 0 and file_type != stat.S_IFREG
 
 
-def unpack_images(zip_path: Path, images_dir: Path, limits: UnpackLimits) -> Unpacked:
+def unpack_images(zip_path: Path, images_dir: Path, limits: UnpackLimits,
+                  polarisation: str = "vv") -> Unpacked:
     """Write every image of the zip under `images_dir` with a safe, unique name.
 
     Never extracts by the entry's own name. Non-images are skipped and listed; limits are
-    enforced on bytes actually decompressed. Raises NotAZip or UnpackLimitExceeded.
+    enforced on bytes actually decompressed. A Sentinel-1 product (a `*.SAFE/manifest.safe`
+    inside) gives one image, its measurement of `polarisation`, with its calibration table
+    beside it; its other files are skipped. Raises NotAZip, UnpackLimitExceeded or
+    geo.safe.SafeError.
     """
     try:
         zf = zipfile.ZipFile(zip_path)
@@ -117,14 +124,21 @@ def unpack_images(zip_path: Path, images_dir: Path, limits: UnpackLimits) -> Unp
         images_dir.mkdir(parents=True, exist_ok=True)
         result = Unpacked()
         budget = [limits.max_unpacked_bytes]
-        for info in infos:
-            if info.is_dir():
-                continue
-            name = _safe_name(info.filename)
+        named = [(info, _safe_name(info.filename)) for info in infos if not info.is_dir()]
+        product = find_safe([name for _, name in named if name], polarisation)
+        calibration: zipfile.ZipInfo | None = None
+        measurement: str | None = None
+        for info, name in named:
             if name is None:
                 result.skipped.append((info.filename, "unsafe path"))
                 continue
             if _ignored(name):
+                continue
+            if product is not None and name in product.members:
+                if name == product.calibration:
+                    calibration = info
+                else:
+                    result.skipped.append((name, "part of a Sentinel-1 product"))
                 continue
             if _not_regular(info):
                 result.skipped.append((name, "not a regular file"))
@@ -140,7 +154,28 @@ def unpack_images(zip_path: Path, images_dir: Path, limits: UnpackLimits) -> Unp
                 raise NotAZip(f"corrupt zip entry {name!r}: {exc}") from None
             if image:
                 result.images.append(image)
+                if product is not None and name == product.measurement:
+                    measurement = image.stored_name
+        if calibration is not None and measurement is not None:
+            _unpack_calibration(zf, calibration, images_dir / calibration_name(measurement),
+                                limits, budget)
         return result
+
+
+def _unpack_calibration(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                        limits: UnpackLimits, budget: list[int]) -> None:
+    """Write a Sentinel-1 calibration table, counted against the unpacking limit."""
+    try:
+        with zf.open(info) as src, open(target, "wb") as out:
+            while chunk := src.read(CHUNK_BYTES):
+                budget[0] -= len(chunk)
+                if budget[0] < 0:
+                    raise UnpackLimitExceeded(
+                        f"the zip unpacks to more than {limits.max_unpacked_bytes} bytes "
+                        "(OILSPILL_MAX_UNPACKED_BYTES)")
+                out.write(chunk)
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        raise NotAZip(f"corrupt zip entry {info.filename!r}: {exc}") from None
 
 
 def _unpack_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, images_dir: Path,
@@ -148,7 +183,7 @@ def _unpack_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, images_
                   result: Unpacked) -> UnpackedImage | None:
     with zf.open(info) as src:
         head = src.read(16)
-        if head.startswith(_ZIP_MAGIC):
+        if head.startswith(ZIP_MAGIC):
             result.skipped.append((name, "nested zip (not opened)"))
             return None
         kind = sniff_image(head)

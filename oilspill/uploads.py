@@ -17,10 +17,20 @@ from dataclasses import dataclass
 import aiofiles
 
 from .config import Settings
-from .jobs import NewTask
-from .paths import JobPaths, new_id
+from .geo.scene import SceneError
+from .jobs import NewTask, NewTile
+from .paths import JobPaths, new_id, stored_image_name
+from .scenes import SceneSettings, plan_units
 from .store import Store
-from .unpack import Unpacked, UnpackLimits, unpack_images
+from .unpack import (
+    ZIP_MAGIC,
+    NotAZip,
+    Unpacked,
+    UnpackedImage,
+    UnpackLimits,
+    sniff_image,
+    unpack_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +77,59 @@ class Accepted:
     skipped: list[tuple[str, str]]
 
 
-def _unpack(paths: JobPaths, settings: Settings) -> Unpacked:
-    unpacked = unpack_images(paths.upload, paths.images, UnpackLimits(
-        max_entries=settings.max_zip_entries,
-        max_unpacked_bytes=settings.max_unpacked_bytes,
-        max_compression_ratio=settings.max_compression_ratio,
-    ))
+def _unpack(paths: JobPaths, settings: Settings, upload_name: str) -> tuple[Unpacked, bool]:
+    """The upload's images: a zip's, or the upload itself when it is one image (recognised
+    by its first bytes). Returns them and whether the upload was a bare image."""
+    with open(paths.upload, "rb") as fh:
+        head = fh.read(16)
+    kind = sniff_image(head)
+    if kind is None:
+        if not head.startswith(ZIP_MAGIC):
+            raise NotAZip("the upload is neither a zip nor an image (PNG, JPEG, TIFF, BMP): "
+                          "not a readable zip")
+        unpacked = unpack_images(paths.upload, paths.images, UnpackLimits(
+            max_entries=settings.max_zip_entries,
+            max_unpacked_bytes=settings.max_unpacked_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+        ), settings.s1_polarisation)
+    else:
+        extension, content_type = kind
+        stored = stored_image_name(0, extension)
+        paths.images.mkdir()
+        os.replace(paths.upload, paths.image(stored))
+        unpacked = Unpacked(images=[UnpackedImage(upload_name, stored, content_type)])
     for folder in paths.result_folders:
         folder.mkdir(exist_ok=True)
-    return unpacked
+    return unpacked, kind is not None
+
+
+def _new_tasks(paths: JobPaths, settings: Settings, unpacked: Unpacked, bare: bool
+               ) -> list[NewTask]:
+    """One task per image; a TIFF is a scene, cut into units from its header. A scene that
+    cannot be used fails its task with the reason, or refuses a bare upload."""
+    tasks = []
+    for image in unpacked.images:
+        units: tuple[NewTile, ...] = ()
+        error = None
+        if image.content_type == "image/tiff":
+            try:
+                units = plan_units(paths.image(image.stored_name), SceneSettings.of(settings))
+            except SceneError as exc:
+                if bare:
+                    raise
+                error = str(exc)
+        tasks.append(NewTask(id=new_id(), filename=image.filename,
+                             stored_name=image.stored_name, content_type=image.content_type,
+                             tiles=units, error=error))
+    return tasks
+
+
+def _prepare(paths: JobPaths, settings: Settings, upload_name: str
+             ) -> tuple[list[NewTask], list[tuple[str, str]]]:
+    unpacked, bare = _unpack(paths, settings, upload_name)
+    if not unpacked.images:
+        raise NoImages(unpacked.skipped)
+    return _new_tasks(paths, settings, unpacked, bare), unpacked.skipped
 
 
 class IncomingUpload:
@@ -135,18 +189,17 @@ class IncomingUpload:
         return received
 
     async def commit(self, upload_name: str) -> Accepted:
-        """Unpack the received zip and record the job with one queued task per image.
+        """Unpack the received zip (or take the image) and record the job with one queued
+        task per image.
 
-        Raises NoImages or archive.ArchiveError.
+        Raises NoImages, unpack.UnpackError or, for a bare scene, geo.scene.SceneError.
         """
         with _disk_full_as_error():
-            unpacked = await asyncio.to_thread(_unpack, self._paths, self._settings)
-        if not unpacked.images:
-            raise NoImages(unpacked.skipped)
-        tasks = [NewTask(id=new_id(), filename=img.filename, stored_name=img.stored_name,
-                         content_type=img.content_type) for img in unpacked.images]
-        await self._store.create_job(self.job_id, upload_name, tasks, unpacked.skipped)
+            tasks, skipped = await asyncio.to_thread(_prepare, self._paths, self._settings,
+                                                     upload_name)
+        await self._store.create_job(self.job_id, upload_name, tasks, skipped)
         self._committed = True
-        logger.info("job %s: queued %d tasks from %s, skipped %d entries", self.job_id,
-                    len(tasks), upload_name, len(unpacked.skipped))
-        return Accepted(self.job_id, [t.id for t in tasks], unpacked.skipped)
+        logger.info("job %s: queued %d tasks (%d tiles) from %s, skipped %d entries",
+                    self.job_id, len(tasks), sum(len(t.tiles) for t in tasks), upload_name,
+                    len(skipped))
+        return Accepted(self.job_id, [t.id for t in tasks], skipped)

@@ -8,7 +8,8 @@ go to the recorder, which writes them in group commits.
 
 Per image the event loop hands work to a thread twice: once to read the image (its header,
 and its bytes when small), once to keep the answer (classify it, count its slicks, move it
-into place).
+into place). A scene's units (tiles, its overview, its stitch: see scenes.py) are claimed,
+retried and re-queued the same way; their pixel work runs in threads too.
 """
 
 from __future__ import annotations
@@ -22,14 +23,27 @@ import random
 import time
 from pathlib import Path
 
-from .jobs import RetryPolicy, Task, TaskOutcome
+from .geo.scene import SceneError
+from .geo.stitch import BadMask
+from .jobs import RetryPolicy, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import Answer, UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
 from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
 from .outage import OutageGate
 from .paths import JobPaths, result_name
 from .recorder import Recorder
+from .scenes import (
+    SceneContext,
+    SceneSettings,
+    drop_work,
+    finish_scene,
+    keep_unit_mask,
+    open_scene,
+    read_unit,
+)
 from .store import Store
+
+Unit = Task | TileUnit
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +56,7 @@ class WorkerPool:
 
     def __init__(self, *, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
-                 metrics: Metrics, workers: int | None = None,
+                 scene_settings: SceneSettings, metrics: Metrics, workers: int | None = None,
                  rng: random.Random | None = None) -> None:
         self._store = store
         self._ml = ml
@@ -50,6 +64,10 @@ class WorkerPool:
         self._policy = policy
         self._gate = gate
         self._max_image_pixels = max_image_pixels
+        self._scene_settings = scene_settings
+        # Each scene's context, made once by the first of its units (by task id).
+        self._scenes: dict[str, SceneContext] = {}
+        self._scene_locks: dict[str, asyncio.Lock] = {}
         self._metrics = metrics
         # Twice as many workers as ML slots: while some read images, keep answers or wait
         # for their group commit, others hold every slot, so the ML service never waits.
@@ -58,7 +76,7 @@ class WorkerPool:
         self._calls = asyncio.Semaphore(concurrency)
         self._recorder = Recorder(store)
         # Claimed tasks waiting for a worker; refilled by one claim of up to `_workers`.
-        self._ready: asyncio.Queue[Task] = asyncio.Queue()
+        self._ready: asyncio.Queue[Unit] = asyncio.Queue()
         self._claiming = asyncio.Lock()
         # A generation counter under a condition: a worker that found no work waits for the
         # counter to move past what it saw before claiming, so no wake-up is ever lost.
@@ -66,9 +84,9 @@ class WorkerPool:
         self._generation = 0
         self._stopping = False
         self._loops: list[asyncio.Task[None]] = []
-        self._inflight: dict[str, tuple[Task, asyncio.Task[None]]] = {}
-        # Claimed and not yet ended; and, of those, the ones whose ML call has started.
-        self._claimed: set[str] = set()
+        self._inflight: dict[str, tuple[Unit, asyncio.Task[None]]] = {}
+        # Claimed and not yet ended (by key); and, of those, the ones whose work has started.
+        self._claimed: dict[str, Unit] = {}
         self._called: set[str] = set()
 
     @property
@@ -103,15 +121,16 @@ class WorkerPool:
         self._loops.clear()
         await self._recorder.close()
         await self._gate.close()
-        # Tasks claimed ahead whose call never started did not use an attempt.
-        released = await self._store.release_tasks(sorted(self._claimed - self._called))
+        # Units claimed ahead whose work never started did not use an attempt.
+        released = await self._store.release_units(
+            [unit for key, unit in self._claimed.items() if key not in self._called])
         requeued = await self._store.requeue_running()
         logger.info("worker pool stopped; %d unfinished tasks put back to queued",
                     released + requeued)
 
     def abandon_job(self, job_id: str) -> int:
         """Cancel this job's calls in flight (its rows are gone); return how many."""
-        children = [child for task, child in self._inflight.values() if task.job_id == job_id]
+        children = [child for unit, child in self._inflight.values() if unit.job_id == job_id]
         for child in children:
             child.cancel()
         return len(children)
@@ -124,8 +143,8 @@ class WorkerPool:
                 await asyncio.wait_for(
                     self._arrivals.wait_for(lambda: self._generation != seen), timeout_s)
 
-    async def _next_task(self) -> Task | None:
-        """The next claimed task: from the local queue, or from one batched claim; None once
+    async def _next_unit(self) -> Unit | None:
+        """The next claimed unit: from the local queue, or from one batched claim; None once
         the pool is stopping."""
         while True:
             if self._stopping:
@@ -137,20 +156,22 @@ class WorkerPool:
                 if not self._ready.empty():
                     continue
                 seen = self._generation
-                claimed = await self._store.claim_tasks(self._workers)
-                for task in claimed:
-                    self._claimed.add(task.id)
-                    self._ready.put_nowait(task)
+                claimed = await self._store.claim_units(self._workers)
+                for unit in claimed:
+                    self._claimed[unit.key] = unit
+                    self._ready.put_nowait(unit)
             if not claimed:
                 await self._wait_for_work(seen)
 
     async def _run(self) -> None:
         while not self._stopping:
-            task = await self._next_task()
-            if task is None:
+            unit = await self._next_unit()
+            if unit is None:
                 return
-            child = asyncio.create_task(self._process(task))
-            self._inflight[task.id] = (task, child)
+            work = self._process(unit) if isinstance(unit, Task) else self._process_unit(unit)
+            child = asyncio.create_task(work)
+            self._inflight[unit.key] = (unit, child)
+            task = unit if isinstance(unit, Task) else unit.task
             try:
                 await child
             except asyncio.CancelledError:
@@ -160,17 +181,18 @@ class WorkerPool:
                 logger.info("job %s task %s: abandoned (job deleted)", task.job_id, task.id)
             except Exception as exc:
                 # A bug must not kill the worker or leave the job unfinished.
-                logger.exception("job %s task %s: internal error", task.job_id, task.id)
+                logger.exception("job %s task %s: internal error on %s", task.job_id, task.id,
+                                 unit.key)
                 with contextlib.suppress(Exception):
                     # The task's error is shown to users: the detail stays in the log.
                     await self._recorder.failed(
                         task.id, f"internal error ({exc.__class__.__name__}); the server log "
                                  f"has the detail under task {task.id}")
             finally:
-                self._inflight.pop(task.id, None)
+                self._inflight.pop(unit.key, None)
                 if not child.cancelled() or not self._stopping:
-                    self._claimed.discard(task.id)
-                    self._called.discard(task.id)
+                    self._claimed.pop(unit.key, None)
+                    self._called.discard(unit.key)
 
     async def _process(self, task: Task) -> None:
         paths = JobPaths(self._jobs_dir, task.job_id)
@@ -210,22 +232,100 @@ class WorkerPool:
                     task.filename, answer.kind.value,
                     "n/a" if fraction is None else f"{fraction:.4f}")
 
-    async def _retry_or_fail(self, task: Task, exc: MLUnavailable, width: int,
-                             height: int) -> None:
-        if not task.retryable(self._policy):
-            await self._fail(task, f"{exc} (gave up after {task.attempts} attempts)",
+    async def _retry_or_fail(self, unit: Unit, exc: MLUnavailable, width: int | None = None,
+                             height: int | None = None) -> None:
+        task = unit if isinstance(unit, Task) else unit.task
+        if not unit.retryable(self._policy):
+            await self._fail(task, f"{exc} (gave up after {unit.attempts} attempts)",
                              width, height)
             return
-        delay_s = self._policy.delay_s(task.attempts, exc.retry_after_s, self._rng)
-        logger.warning("job %s task %s: attempt %d failed, retrying in %.2f s: %s",
-                       task.job_id, task.id, task.attempts, delay_s, exc)
+        delay_s = self._policy.delay_s(unit.attempts, exc.retry_after_s, self._rng)
+        logger.warning("job %s task %s: %s attempt %d failed, retrying in %.2f s: %s",
+                       task.job_id, task.id, unit.key, unit.attempts, delay_s, exc)
         self._metrics.retries.inc()
-        await self._recorder.retry(task.id, str(exc), time.time() + delay_s)
+        if isinstance(unit, Task):
+            await self._recorder.retry(task.id, str(exc), time.time() + delay_s)
+        else:
+            await self._recorder.tile_retry(task.id, unit.idx, str(exc), time.time() + delay_s)
 
     async def _fail(self, task: Task, reason: str, width: int | None = None,
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
         await self._recorder.failed(task.id, reason, width, height)
+        if task.tiled:
+            self._forget_scene(task)
+
+    # --- scenes -----------------------------------------------------------------------------
+
+    async def _scene(self, task: Task) -> SceneContext:
+        """The scene's context, made by the first unit that needs it (others wait)."""
+        if (ctx := self._scenes.get(task.id)) is not None:
+            return ctx
+        async with self._scene_locks.setdefault(task.id, asyncio.Lock()):
+            if (ctx := self._scenes.get(task.id)) is None:
+                ctx = await asyncio.to_thread(open_scene, JobPaths(self._jobs_dir, task.job_id),
+                                              task, self._scene_settings)
+                self._scenes[task.id] = ctx
+                logger.info("job %s task %s: scene %dx%d, %d tiles, scale %s", task.job_id,
+                            task.id, ctx.info.width, ctx.info.height, task.tiles_total,
+                            ctx.stretch.as_dict())
+            return ctx
+
+    def _forget_scene(self, task: Task) -> None:
+        self._scenes.pop(task.id, None)
+        self._scene_locks.pop(task.id, None)
+
+    async def _process_unit(self, unit: TileUnit) -> None:
+        task = unit.task
+        paths = JobPaths(self._jobs_dir, task.job_id)
+        try:
+            ctx = await self._scene(task)
+            if unit.kind is UnitKind.STITCH:
+                await self._stitch(unit, ctx, paths)
+                return
+            body = await asyncio.to_thread(read_unit, ctx, unit)
+        except (SceneError, BadMask, UnreadableImage) as exc:
+            await self._fail(task, f"{unit.kind.value} {unit.idx}: {exc}", task.width,
+                             task.height)
+            return
+        answer: bytes | Path | None = None
+        try:
+            if body is not None:
+                spill = paths.answer_partial(f"{task.id}-{unit.idx}")
+                await self._gate.wait_open()
+                async with self._calls:
+                    self._called.add(unit.key)
+                    answer = await self._ml.segment(
+                        body, f"{task.filename}.{unit.kind.value}{unit.idx}.png", "image/png",
+                        spill)
+                self._gate.record_success()
+            else:
+                self._called.add(unit.key)
+            kept = await asyncio.to_thread(keep_unit_mask, answer, paths, unit)
+        except MLUnavailable as exc:
+            if isinstance(exc, MLUnreachable):
+                self._gate.record_unreachable()
+            await self._retry_or_fail(unit, exc)
+            return
+        except (MLRejected, UnreadableImage) as exc:
+            await self._fail(task, f"{unit.kind.value} {unit.idx} at {unit.window}: {exc}")
+            return
+        await self._recorder.tile_done(task.id, unit.idx, [kept])
+        logger.debug("job %s task %s: %s %d done%s", task.job_id, task.id, unit.kind.value,
+                     unit.idx, "" if body is not None else " (no valid pixel, not sent)")
+
+    async def _stitch(self, unit: TileUnit, ctx: SceneContext, paths: JobPaths) -> None:
+        task = unit.task
+        self._called.add(unit.key)
+        units = await self._store.units_of(task.id)
+        outcome, files = await asyncio.to_thread(finish_scene, ctx, paths, task, units,
+                                                 self._scene_settings)
+        await self._recorder.done(task.id, outcome, files)
+        self._forget_scene(task)
+        await asyncio.to_thread(drop_work, paths, task.seq)
+        logger.info("job %s task %s: done %s, scene of %d tiles, oil fraction %.4f, %d slicks",
+                    task.job_id, task.id, task.filename, (outcome.scene or {}).get("tiles", 0),
+                    outcome.oil_fraction or 0.0, outcome.slick_count or 0)
 
 
 def _read_image(path: Path, max_pixels: int) -> tuple[int, int, bytes | Path]:

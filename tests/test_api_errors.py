@@ -10,7 +10,7 @@ import pytest
 
 from oilspill.web.app import create_app
 
-from .conftest import form, scene_png, upload, zip_bytes
+from .conftest import form, scene_png, upload, wait_finished, zip_bytes
 
 
 def job_rows(data_dir) -> int:
@@ -46,10 +46,23 @@ async def test_missing_file_field_is_400(client, data_dir):
     await assert_nothing_left(client, data_dir)
 
 
-async def test_not_a_zip_is_400(client, data_dir):
-    resp = await client.post("/api/upload/", data=form(scene_png(), filename="fake.zip"))
-    await assert_error(resp, 400, "not_a_zip")
+async def test_neither_a_zip_nor_an_image_is_400(client, data_dir):
+    resp = await client.post("/api/upload/", data=form(b"%PDF-1.4 not a zip", "fake.zip"))
+    error = await assert_error(resp, 400, "not_a_zip")
+    assert "neither a zip nor an image" in error["error"]["message"]
     await assert_nothing_left(client, data_dir)
+
+
+async def test_a_bare_image_is_a_one_image_job_whatever_its_name(client):
+    """Recognised by content: a PNG sent as fake.zip is one image, named as sent."""
+    resp = await client.post("/api/upload/", data=form(scene_png(), filename="fake.zip"))
+    assert resp.status == 202
+    body = await resp.json()
+    assert len(body["task_ids"]) == 1
+    job = await wait_finished(client, body["job_id"])
+    assert (job["done"], job["tiles_total"], job["tiles_done"]) == (1, 1, 1)
+    task = await (await client.get(f"/api/task/{body['task_ids'][0]}")).json()
+    assert task["filename"] == "fake.zip" and task["result"]["mask_url"]
 
 
 async def test_truncated_zip_is_400(client, data_dir):

@@ -59,9 +59,9 @@ async def test_orphan_folders_are_swept_once_old(client, data_dir):
     old, fresh = data_dir / "jobs" / str(uuid.uuid4()), data_dir / "jobs" / str(uuid.uuid4())
     for folder in (old, fresh):
         folder.mkdir()
-        (folder / "upload.zip.part").write_bytes(b"partial")
+        (folder / "upload.part").write_bytes(b"partial")
     hours_ago = time.time() - 2 * 3600
-    for path in (old / "upload.zip.part", old):
+    for path in (old / "upload.part", old):
         os.utime(path, (hours_ago, hours_ago))
     report = await client.app[keys.CLEANUP].run_once()
     assert report.orphans_removed == 1

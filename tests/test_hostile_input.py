@@ -338,7 +338,7 @@ async def test_a_client_that_disconnects_mid_upload_leaves_nothing(settings, dat
         writer.write(head + zip_bytes({f"{i}.png": scene_png(seed=i) for i in range(20)}))
         await writer.drain()
         async def started() -> bool | None:
-            return any((data_dir / "jobs").glob("*/upload.zip.part")) or None
+            return any((data_dir / "jobs").glob("*/upload.part")) or None
         await poll(started, "the upload to start", 10, 0.01)
         writer.transport.abort()  # the client goes away mid-body
 

@@ -124,7 +124,7 @@ async def test_a_retry_waits_until_it_is_due_and_a_release_refunds_the_attempt(s
     await store.record(done=[], failed=[], retries=[TaskRetry(first.id, "503", time.time() + 60)])
     assert await store.next_due_at() == pytest.approx(time.time() + 60, abs=5)
     assert await store.claim_tasks(5) == []  # not due yet
-    assert await store.release_tasks([second.id]) == 1
+    assert await store.release_units([second]) == 1
     again = await claim_one(store)
     assert again and again.id == second.id and again.attempts == 1
     retried = await store.get_task(first.id)

@@ -1,7 +1,11 @@
 """The client commands: `oilspill submit`, `oilspill status`, `oilspill fetch`.
 
+`submit` sends a zip of images, a folder (zipped as it streams), or one bare image or
+GeoTIFF scene as it is: the server tells them apart by their first bytes.
+
 Progress bars (tqdm) go to stderr, and only when it is a terminal; results go to stdout,
-as a short table or, with --json, one JSON object.
+as a short table or, with --json, one JSON object. The job's bar counts tiles, the units of
+work the server sends to the ML service (a plain image is one; a scene is cut into many).
 
 Exit codes: 0 every image done; 1 the job finished with failed images; 2 bad arguments;
 3 the server refused (bad zip, wrong token, unknown job ...); 4 no answer from the server
@@ -23,9 +27,43 @@ import aiohttp
 from tqdm import tqdm
 
 from .folders import folder_files, zip_stream
-from .session import ApiFailure, OilspillClient, ServerGone
+from .session import ApiFailure, OilspillClient, ServerGone, _json
 
 EXIT_OK, EXIT_FAILURES, EXIT_REFUSED, EXIT_GONE, EXIT_RUNNING = 0, 1, 3, 4, 5
+
+ZIP = "application/zip"
+# The content type a file is sent with, by its first bytes. Only a label: the server
+# recognises the upload by its content (and refuses what it cannot use).
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"PK\x03\x04", ZIP), (b"PK\x05\x06", ZIP),
+    (b"II*\x00", "image/tiff"), (b"MM\x00*", "image/tiff"),
+    (b"II+\x00", "image/tiff"), (b"MM\x00+", "image/tiff"),  # BigTIFF
+    (b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+    (b"BM", "image/bmp"),
+)
+
+
+def content_type_of(head: bytes) -> str:
+    """The content type of a file that starts with `head`; application/octet-stream when
+    it is none this service knows."""
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)),
+                "application/octet-stream")
+
+
+class _Client(OilspillClient):
+    """The client, able to label an upload's part with its content type."""
+
+    async def upload_as(self, body: AsyncIterator[bytes], filename: str,
+                        content_type: str) -> dict[str, Any]:
+        """Upload chunks made on the fly, streamed, as `content_type`; the server's 202
+        answer. Not retried: the chunks cannot be sent twice."""
+        if content_type == ZIP:
+            return await self.upload(body, filename)
+        form = aiohttp.FormData()
+        form.add_field("file", body, filename=filename, content_type=content_type)
+        async with self._session.post(f"{self._base}/api/upload/", data=form,
+                                      headers=self._headers) as resp:
+            return dict(await _json(resp))
 
 
 @dataclass(frozen=True)
@@ -62,31 +100,42 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _source(path: Path) -> tuple[int, Iterator[bytes], str]:
-    """(bytes to send, the chunks, the upload's name) of a zip or a folder to zip."""
+def _source(path: Path) -> tuple[int, Iterator[bytes], str, str]:
+    """(bytes to send, the chunks, the upload's name, its content type) of a folder to zip,
+    or of a file (a zip, an image, a scene) to send as it is."""
     if path.is_dir():
         files = folder_files(path)
         if not files:
             raise ApiFailure(400, f"{path} holds no files")
         total = sum(f.stat().st_size for f in files)
-        return total, zip_stream(path, files), f"{path.resolve().name or 'images'}.zip"
-    return path.stat().st_size, _file_chunks(path), path.name
+        return total, zip_stream(path, files), f"{path.resolve().name or 'images'}.zip", ZIP
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    return path.stat().st_size, _file_chunks(path), path.name, content_type_of(head)
 
 
-async def _upload(client: OilspillClient, path: Path, options: ClientOptions
-                  ) -> dict[str, Any]:
-    total, source, name = await asyncio.to_thread(_source, path)
+async def _upload(client: _Client, path: Path, options: ClientOptions) -> dict[str, Any]:
+    total, source, name, content_type = await asyncio.to_thread(_source, path)
     with _bar(options, total=total, unit="B", unit_scale=True, desc="upload") as bar:
-        return await client.upload(_chunks(source, bar), name)
+        return await client.upload_as(_chunks(source, bar), name, content_type)
 
 
-async def _wait(client: OilspillClient, job_id: str, total: int, options: ClientOptions
+def _tiles(job: dict[str, Any]) -> tuple[int, int]:
+    """(done, total) units of work of a job: its tiles, or its images from a server that
+    does not count tiles."""
+    if "tiles_total" in job:
+        return int(job["tiles_done"]), int(job["tiles_total"])
+    return job["done"] + job["failed"], job["total"]
+
+
+async def _wait(client: OilspillClient, job_id: str, options: ClientOptions
                 ) -> dict[str, Any]:
-    with _bar(options, total=total, unit="img", desc="images") as bar:
+    with _bar(options, unit="tile", desc="tiles") as bar:
         def progress(job: dict[str, Any]) -> None:
-            bar.total = job["total"]
-            bar.n = job["done"] + job["failed"]
-            state = {"failed": job["failed"]}
+            bar.n, bar.total = _tiles(job)
+            state: dict[str, Any] = {
+                "images": f"{job['done'] + job['failed']}/{job['total']}",
+                "failed": job["failed"]}
             if job["waiting_for_ml_service"]:
                 state["ml"] = "unreachable, waiting"
             bar.set_postfix(state, refresh=False)
@@ -119,13 +168,15 @@ def _summary(zip_path: Path) -> dict[str, Any]:
 def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
             options: ClientOptions) -> int:
     code = EXIT_FAILURES if summary["failed"] else EXIT_OK
+    tiles = _tiles(job)[1]
     if options.as_json:
         print(json.dumps({"job_id": job["job_id"], "status": job["status"],
-                          "result": str(zip_path.resolve()), **summary}))
+                          "result": str(zip_path.resolve()), "tiles": tiles, **summary}))
         return code
     largest = summary["largest_oil_fraction"]
     print(f"job {job['job_id']}: results in {zip_path}")
     print(f"  images               {summary['images']}")
+    print(f"  tiles                {tiles}")
     print(f"  done                 {summary['done']}")
     print(f"  failed               {summary['failed']}")
     print(f"  images with oil      {summary['images_with_oil']}")
@@ -148,29 +199,30 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
     # server answers when it is done; a dead connection is noticed and retried.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = OilspillClient(session, options.server, options.token, options.give_up_s,
-                                retrying)
+        client = _Client(session, options.server, options.token, options.give_up_s, retrying)
         try:
             if action == "submit":
                 accepted = await _upload(client, Path(target), options)
-                job_id, total = accepted["job_id"], len(accepted["task_ids"])
+                job_id = accepted["job_id"]
                 if not wait:
                     print(json.dumps(accepted) if options.as_json else job_id)
                     return EXIT_OK
             else:
-                job_id, total = target, 0
+                job_id = target
             if action == "status":
                 job = await client.job(job_id)
                 if options.as_json:
                     print(json.dumps(job))
                 else:
+                    tiles_done, tiles = _tiles(job)
                     print(f"job {job_id}: {job['status']}, {job['done']} done, {job['failed']}"
-                          f" failed, {job['queued'] + job['running']} to go of {job['total']}"
+                          f" failed, {job['queued'] + job['running']} to go of {job['total']};"
+                          f" {tiles_done} of {tiles} tiles"
                           + (" (waiting for the ML service)"
                              if job["waiting_for_ml_service"] else ""))
                 return EXIT_RUNNING if job["finished_at"] is None else (
                     EXIT_FAILURES if job["failed"] else EXIT_OK)
-            job = await _wait(client, job_id, total, options)
+            job = await _wait(client, job_id, options)
             zip_path = await _download(client, job_id, out, options)
             summary = await asyncio.to_thread(_summary, zip_path)
             return _report(job, summary, zip_path, options)

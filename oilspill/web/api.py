@@ -49,7 +49,7 @@ async def load_job(request: web.Request) -> Job:
 
 
 def task_body(task: Task) -> dict[str, Any]:
-    result = None
+    result: dict[str, Any] | None = None
     if task.result_kind is not None:
         link = f"/api/task/{task.id}/{task.result_kind.value}"
         result = {
@@ -60,9 +60,11 @@ def task_body(task: Task) -> dict[str, Any]:
             "overlay_url": f"/api/task/{task.id}/overlay" if task.has_overlay else None,
             "picture_url": link if task.result_kind is ResultKind.PICTURE else None,
         }
+        if task.scene:
+            result["scene"] = task.scene
     return {"task_id": task.id, "job_id": task.job_id, "filename": task.filename,
             "status": task.status.value, "attempts": task.attempts, "result": result,
-            "error": task.error}
+            "error": task.error, "tiles_total": task.tiles_total, "tiles_done": task.tiles_done}
 
 
 def job_body(job: Job, ml_reachable: bool) -> dict[str, Any]:
@@ -70,7 +72,8 @@ def job_body(job: Job, ml_reachable: bool) -> dict[str, Any]:
     return {"job_id": job.id, "status": p.status.value, "total": p.total, "queued": p.queued,
             "running": p.running, "done": p.done, "failed": p.failed,
             "created_at": iso_utc(job.created_at), "finished_at": iso_utc(job.finished_at),
-            "upload_name": job.upload_name,
+            "upload_name": job.upload_name, "tiles_total": job.tiles_total,
+            "tiles_done": job.tiles_done,
             "skipped": [{"filename": f, "reason": r} for f, r in job.skipped],
             "waiting_for_ml_service": not job.finished and not ml_reachable,
             "archive_url": f"/api/download/{job.archive_name}" if job.archive_name else None}

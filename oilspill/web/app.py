@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import warnings
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from PIL import Image
+from rasterio.errors import NotGeoreferencedWarning
 
 from ..cleanup import Cleanup, recover_files
 from ..config import Settings
@@ -25,6 +27,7 @@ from ..metrics import Metrics
 from ..ml_client import MLClient
 from ..outage import OutageGate
 from ..results import ResultArchives
+from ..scenes import SceneSettings
 from ..store import Store
 from ..worker import WorkerPool
 from . import api, events, keys, page
@@ -90,6 +93,7 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
         gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
         metrics=app[keys.METRICS],
         max_image_pixels=settings.max_image_pixels,
+        scene_settings=SceneSettings.of(settings),
         rng=random.Random())
     app[keys.POOL] = pool
     pool.start()
@@ -125,6 +129,9 @@ def create_app(settings: Settings) -> web.Application:
     """The oilspill web application for these settings."""
     # Pillow's decompression-bomb guard is process-wide: match it to our own limit.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    # Tile masks and plain pictures have no georeference, and that is not news: said once
+    # here, as warning filters are process-wide and not safe to change from threads.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     # Outermost first: CORS headers go on every answer, errors included; the token check
     # raises an ApiError that the error middleware renders.
     app = web.Application(middlewares=[metrics_middleware, cors_middleware, error_middleware,

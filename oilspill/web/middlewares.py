@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ..geo.safe import SafeError
+from ..geo.scene import SceneError, SceneTooLarge
 from ..results import JobNotFinished
 from ..store import NotFound
 from ..unpack import NotAZip, UnpackLimitExceeded
@@ -33,6 +35,9 @@ _ERRORS: dict[type[Exception], tuple[int, str]] = {
     UploadTooLarge: (413, "upload_too_large"),
     UnpackLimitExceeded: (413, "archive_too_large"),
     NoImages: (422, "no_images"),
+    SceneTooLarge: (413, "scene_too_large"),
+    SafeError: (422, "bad_sentinel1_product"),
+    SceneError: (422, "unreadable_scene"),
     DiskFull: (507, "insufficient_storage"),
 }
 

@@ -21,16 +21,41 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    reasons = {400: "Bad request", 401: "Missing or wrong token", 404: "Not found",
-               409: "Not finished yet", 410: "Deleted", 413: "Too large",
-               415: "Not multipart", 422: "No usable image", 503: "Shutting down",
-               507: "Not enough disk space"}
-    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+_REASONS = {400: "Bad request", 401: "Missing or wrong token", 404: "Not found",
+            409: "Not finished yet", 410: "Deleted", 413: "Too large",
+            415: "Not multipart", 422: "No usable image", 503: "Shutting down",
+            507: "Not enough disk space"}
+
+# What an upload's refusals mean, by the `code` of the error body.
+_UPLOAD_REASONS = {
+    400: "Bad request: `bad_multipart`, `missing_file`, `too_many_files`, or `not_a_zip` "
+         "(the upload is neither a zip nor an image, or is a corrupt zip)",
+    413: "Too large: `upload_too_large` (OILSPILL_MAX_UPLOAD_BYTES), `archive_too_large` "
+         "(a zip past an unpacking limit) or `scene_too_large` (a scene of more pixels than "
+         "OILSPILL_MAX_SCENE_PIXELS, read from its header)",
+    422: "Nothing usable: `no_images` (a zip without an image), `unreadable_scene` (a bare "
+         "TIFF that is not a usable scene: unreadable, truncated, of an unsupported data "
+         "type, or without the band OILSPILL_SCENE_BAND) or `bad_sentinel1_product` (a zip "
+         "holding a Sentinel-1 SAFE product that cannot be used: not GRD, more than one, "
+         "or without one measurement of OILSPILL_S1_POLARISATION)",
+}
+
+
+def _errors(*statuses: int, reasons: dict[int, str] | None = None) -> dict[str, Any]:
+    return {str(s): _json(_ref("Error"), (reasons or {}).get(s, _REASONS[s]))
+            for s in statuses}
 
 
 def _id_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": _UUID}
+
+
+def _event(name: str, schema: str) -> dict[str, Any]:
+    """An event named `name` whose data is the JSON of `schema`."""
+    return {"type": "object", "required": ["event", "data"],
+            "properties": {"event": {"const": name},
+                           "data": {"type": "string", "contentMediaType": "application/json",
+                                    "contentSchema": _ref(schema)}}}
 
 
 # Empty first: the token is optional (only when OILSPILL_API_TOKEN is set).
@@ -65,31 +90,97 @@ _SCHEMAS: dict[str, Any] = {
             "largest_slick_px": {"type": ["integer", "null"], "minimum": 0},
             "overlay_url": {"type": ["string", "null"]},
             "width": {"type": "integer"}, "height": {"type": "integer"},
-            "mask_url": {"type": ["string", "null"]},
-            "picture_url": {"type": ["string", "null"]}},
+            "mask_url": {"type": ["string", "null"],
+                         "description": "a PNG; for a scene, a GeoTIFF (COG) with its "
+                                        "georeference: 0 sea, 255 oil, 127 no data"},
+            "picture_url": {"type": ["string", "null"]},
+            "scene": _ref("Scene")},
+    },
+    "Scene": {
+        "type": "object",
+        "description": "Only in a done scene's result (a TIFF, GeoTIFF, BigTIFF or Sentinel-1 "
+                       "product cut into tiles); oil_fraction & co count its valid area",
+        "required": ["georeference", "crs", "band", "dtype", "calibrated", "valid_pixels",
+                     "tiles", "scale"],
+        "properties": {
+            "georeference": {"enum": ["affine", "gcps", None],
+                             "description": "a CRS and transform, ground control points "
+                                            "(radar geometry), or none"},
+            "crs": {"type": ["string", "null"],
+                    "description": "\"EPSG:<code>\" when it has one, else its WKT"},
+            "band": {"type": "integer", "minimum": 1,
+                     "description": "the band analysed (OILSPILL_SCENE_BAND)"},
+            "dtype": {"enum": ["uint8", "uint16", "int16", "float32"]},
+            "calibrated": {"type": "boolean",
+                           "description": "sigma0 from a Sentinel-1 calibration table"},
+            "valid_pixels": {"type": "integer", "minimum": 0,
+                             "description": "pixels inside the scene's valid area"},
+            "tiles": {"type": "integer", "minimum": 1,
+                      "description": "tiles it was cut into (the overview not counted)"},
+            "scale": _ref("SceneScale")},
+    },
+    "SceneScale": {
+        "type": "object",
+        "description": "The one grey scale all the scene's tiles were sent on: dB from "
+                       "low_db (black) to high_db (white), the low_pct and high_pct "
+                       "percentiles of its valid pixels; sea_db (the median) fills the area "
+                       "outside its valid area",
+        "required": ["db_kind", "low_pct", "high_pct", "low_db", "high_db", "sea_db",
+                     "percentiles_db"],
+        "properties": {
+            "db_kind": {"enum": ["sigma0", "amplitude", "intensity", "db"]},
+            "low_pct": {"type": "number", "minimum": 0, "maximum": 100},
+            "high_pct": {"type": "number", "minimum": 0, "maximum": 100},
+            "low_db": {"type": "number"}, "high_db": {"type": "number"},
+            "sea_db": {"type": "number"},
+            "percentiles_db": {"type": "object", "additionalProperties": {"type": "number"},
+                               "description": "dB by percentile, e.g. {\"50\": 62.9}"}},
     },
     "Task": {
         "type": "object",
-        "required": ["task_id", "job_id", "filename", "status", "attempts", "result", "error"],
+        "required": ["task_id", "job_id", "filename", "status", "attempts", "result", "error",
+                     "tiles_total", "tiles_done"],
         "properties": {
             "task_id": _UUID, "job_id": _UUID, "filename": {"type": "string"},
             "status": {"enum": ["queued", "running", "done", "failed"]},
             "attempts": {"type": "integer", "minimum": 0}, "result": _ref("TaskResult"),
-            "error": {"type": ["string", "null"]}},
+            "error": {"type": ["string", "null"]},
+            "tiles_total": {"type": "integer", "minimum": 1,
+                            "description": "units of work sent to the ML service: 1 for a "
+                                           "plain image; for a scene, its tiles plus one "
+                                           "overview (a scene of one tile: 1)"},
+            "tiles_done": {"type": "integer", "minimum": 0,
+                           "description": "of tiles_total, those done; equal to it once the "
+                                          "task is finished, done or failed (a scene is "
+                                          "stitched after its last tile, so a running scene "
+                                          "may have every tile done)"}},
     },
     "Job": {
         "type": "object",
         "required": ["job_id", "status", "total", "queued", "running", "done", "failed",
-                     "created_at", "finished_at", "upload_name", "skipped",
-                     "waiting_for_ml_service", "archive_url"],
+                     "created_at", "finished_at", "upload_name", "tiles_total",
+                     "tiles_done", "skipped", "waiting_for_ml_service", "archive_url"],
         "properties": {
             "job_id": _UUID, "status": {"enum": ["queued", "running", "done", "failed"]},
             **{k: {"type": "integer", "minimum": 0}
                for k in ("total", "queued", "running", "done", "failed")},
             "created_at": _TIME, "finished_at": _TIME, "upload_name": {"type": "string"},
+            "tiles_total": {"type": "integer", "minimum": 0,
+                            "description": "the tiles_total of all its tasks: the units of "
+                                           "work to count progress by"},
+            "tiles_done": {"type": "integer", "minimum": 0,
+                           "description": "the tiles_done of all its tasks"},
             "skipped": {"type": "array", "items": _ref("Skipped")},
             "waiting_for_ml_service": {"type": "boolean"},
             "archive_url": {"type": ["string", "null"]}},
+    },
+    "Event": {
+        "description": "One server-sent event; its data is JSON",
+        "oneOf": [_event("progress", "Job"), _event("end", "Job"), _event("task", "Task"),
+                  _event("gone", "Gone")],
+    },
+    "Gone": {
+        "type": "object", "required": ["job_id"], "properties": {"job_id": _UUID},
     },
     "TaskPage": {
         "type": "object", "required": ["job_id", "total", "offset", "limit", "tasks"],
@@ -122,24 +213,36 @@ _SCHEMAS: dict[str, Any] = {
 
 def _paths() -> dict[str, Any]:
     upload = {
-        "summary": "Upload a zip of images; one task per image is queued",
+        "summary": "Upload a zip of images, or one image or scene; one task per image is "
+                   "queued",
+        "description": "The part `file` is recognised by its first bytes, whatever its name "
+                       "or content type: a zip, or one bare image. A TIFF (GeoTIFF, "
+                       "BigTIFF), bare or in the zip, is a scene: it is cut into tiles of "
+                       "OILSPILL_TILE_PX, each sent to the ML service, and their masks are "
+                       "stitched into one GeoTIFF mask (see the job's and tasks' tiles_total "
+                       "and tiles_done). A Sentinel-1 GRD product (its .SAFE folder, zipped) "
+                       "is one scene, calibrated to sigma0.",
         "security": _SECURED,
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
-            "properties": {"file": {"type": "string", "format": "binary",
-                                    "description": "a zip of PNG, JPEG, TIFF or BMP images"}},
+            "properties": {"file": {
+                "type": "string", "format": "binary",
+                "description": "a zip of PNG, JPEG, TIFF or BMP images (or of one Sentinel-1 "
+                               ".SAFE product), or one bare PNG, JPEG, BMP or TIFF/GeoTIFF/"
+                               "BigTIFF file"}},
         }}}},
         "responses": {"202": _json(_ref("Accepted"), "Accepted: the job is queued"),
-                      **_errors(400, 401, 413, 415, 422, 503, 507)},
+                      **_errors(400, 401, 413, 415, 422, 503, 507,
+                                reasons=_UPLOAD_REASONS)},
     }
-    task_file = {
-        "security": _SECURED,
-        "parameters": [_id_param("task_id")],
-        "responses": {"200": {"description": "The file",
-                              "content": {"image/*": {"schema": {"type": "string",
-                                                                 "format": "binary"}}}},
-                      **_errors(*_COMMON, 410)},
-    }
+
+    def task_file(summary: str, *media_types: str) -> dict[str, Any]:
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        return {"get": {
+            "summary": summary, "security": _SECURED, "parameters": [_id_param("task_id")],
+            "responses": {"200": {"description": "The file",
+                                  "content": {t: binary for t in media_types}},
+                          **_errors(*_COMMON, 410)}}}
     return {
         "/api/upload/": {"post": upload},
         "/api/upload": {"post": {**upload, "summary": "The same, without the final slash"}},
@@ -147,14 +250,14 @@ def _paths() -> dict[str, Any]:
             "summary": "A task's status and result", "security": _SECURED,
             "parameters": [_id_param("task_id")],
             "responses": {"200": _json(_ref("Task"), "The task"), **_errors(*_COMMON, 410)}}},
-        "/api/task/{task_id}/mask": {"get": {"summary": "A done task's mask (PNG)",
-                                             **task_file}},
-        "/api/task/{task_id}/overlay": {"get": {
-            "summary": "A done task's overlay: the input in grey, the oil tinted (PNG)",
-            **task_file}},
-        "/api/task/{task_id}/picture": {"get": {
-            "summary": "A done task's picture, when the ML service answered with one",
-            **task_file}},
+        "/api/task/{task_id}/mask": task_file(
+            "A done task's mask: a PNG, or for a scene a GeoTIFF (COG) with the scene's "
+            "georeference", "image/png", "image/tiff"),
+        "/api/task/{task_id}/overlay": task_file(
+            "A done task's overlay: the input in grey, the oil tinted (PNG; for a scene, a "
+            "quick-look of at most OILSPILL_OVERLAY_MAX_PX a side)", "image/png"),
+        "/api/task/{task_id}/picture": task_file(
+            "A done task's picture, when the ML service answered with one", "image/*"),
         "/api/job/{job_id}": {
             "get": {"summary": "A job's progress", "security": _SECURED,
                     "parameters": [_id_param("job_id")],
@@ -170,7 +273,8 @@ def _paths() -> dict[str, Any]:
             "security": _SECURED,
             "parameters": [_id_param("job_id"),
                            {"name": "offset", "in": "query", "required": False,
-                            "schema": {"type": "integer", "minimum": 0, "default": 0}},
+                            "schema": {"type": "integer", "format": "int64", "minimum": 0,
+                                       "maximum": 2**63 - 1, "default": 0}},
                            {"name": "limit", "in": "query", "required": False,
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
                                        "default": 500}}],
@@ -178,9 +282,14 @@ def _paths() -> dict[str, Any]:
                           **_errors(400, *_COMMON, 410)}}},
         "/api/job/{job_id}/events": {"get": {
             "summary": "Live progress: server-sent events `progress`, `task`, `end`, `gone`",
+            "description": "`progress`: the job (as GET /api/job/{job_id}) whenever its counts "
+                           "change, tiles_done included; `task`: a task (as GET "
+                           "/api/task/{task_id}) as it finishes; `end`: the job, finished, "
+                           "and the stream closes; `gone`: the job was deleted. A comment "
+                           "line now and then keeps a quiet stream open.",
             "security": _SECURED, "parameters": [_id_param("job_id")],
             "responses": {"200": {"description": "An event stream", "content": {
-                "text/event-stream": {"schema": {"type": "string"}}}},
+                "text/event-stream": {"schema": _ref("Event")}}},
                 **_errors(*_COMMON, 410)}}},
         "/api/archive/{job_id}": {"get": {
             "summary": "Build (once) a finished job's result zip and link to it",
@@ -198,7 +307,8 @@ def _paths() -> dict[str, Any]:
             "summary": "This document", "security": _SECURED,
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document"),
                           **_errors(401)}}},
-        "/": {"get": {"summary": "The web page: upload a zip, follow it, see the results",
+        "/": {"get": {"summary": "The web page: upload a zip or a scene, follow it, see the "
+                                 "results",
                       "responses": {"200": {"description": "HTML", "content": {
                           "text/html": {"schema": {"type": "string"}}}}}}},
         "/static/{name}": {"get": {
@@ -227,7 +337,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "oilspill", "version": __version__,
-                 "description": "Turns a zip of sea images into oil-spill masks."},
+                 "description": "Turns sea images (a zip of them, or one image or "
+                                "GeoTIFF scene, cut into tiles) into oil-spill masks."},
         "paths": _paths(),
         "components": {"schemas": _SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",

@@ -1,4 +1,6 @@
-// oilspill's page: upload a zip, follow the job live, show the overlays, download the zip.
+// oilspill's page: upload a zip of images or one image/GeoTIFF scene, follow the job live
+// (counted in tiles: a plain image is one, a scene its tiles and an overview), show the
+// overlays, download the zip.
 // Plain JavaScript, no build step and no network but this server's own API.
 "use strict";
 
@@ -29,6 +31,10 @@ function setBar(bar, fraction, text) {
   bar.querySelector("span").textContent = text;
 }
 
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
 function say(text, bad) {
   $("message").textContent = text;
   $("message").className = bad ? "warn" : "";
@@ -56,7 +62,7 @@ function upload(file) {
     if (xhr.status === 202) {
       setBar(bar, 1, "uploaded");
       const skipped = body.skipped.length ? `; ${body.skipped.length} files skipped` : "";
-      say(`${body.task_ids.length} images queued${skipped}.`);
+      say(`${plural(body.task_ids.length, "image")} queued${skipped}.`);
       follow(body.job_id);
     } else {
       say(`Upload refused (${xhr.status}): ${(body.error && body.error.message) || xhr.statusText}`, true);
@@ -93,12 +99,28 @@ function follow(jobId) {
   stream(current).catch(() => poll(current));
 }
 
+// The bar counts tiles (units of work for the ML service: a plain image is one, a scene its
+// tiles and an overview), so a big scene moves it as it goes; the text counts images too.
 function showProgress(job) {
   const finished = job.done + job.failed;
-  setBar($("job-bar"), job.total ? finished / job.total : 0,
-         `${finished} of ${job.total} images (${job.done} done, ${job.failed} failed)`);
+  const tiled = typeof job.tiles_total === "number" && job.tiles_total > 0;
+  const unitsDone = tiled ? job.tiles_done : finished;
+  const units = tiled ? job.tiles_total : job.total;
+  const bar = $("job-bar");
+  let text = `${finished} of ${job.total} images (${job.done} done, ${job.failed} failed)`;
+  if (tiled && job.tiles_total !== job.total) {
+    text += ` · ${job.tiles_done} of ${job.tiles_total} tiles`;
+  }
+  setBar(bar, units ? unitsDone / units : 0, text);
+  bar.setAttribute("aria-valuenow", String(unitsDone));
+  bar.setAttribute("aria-valuemax", String(units));
+  bar.dataset.tilesDone = String(unitsDone);
+  bar.dataset.tilesTotal = String(units);
+  const stitching = tiled && job.tiles_done >= job.tiles_total && job.running > 0;
   $("job-state").textContent = job.finished_at ? "Finished." :
-    job.status === "queued" ? "Queued." : `Working: ${job.running} images with the ML service.`;
+    job.status === "queued" ? "Queued." :
+    stitching ? "Working: every tile is back; stitching the scene's mask." :
+    `Working: ${plural(job.running, "image")} with the ML service.`;
   $("ml-down").hidden = !job.waiting_for_ml_service;
   if (job.finished_at) {
     current.finished = true;
@@ -164,7 +186,37 @@ function showTask(task) {
   }
   caption.append(name, fraction);
   figure.append(img, caption);
+  if (result.scene) figure.append(sceneFacts(result, result.scene));
   $("gallery").append(figure);
+}
+
+// A scene's size, CRS and tiles, under its card.
+function sceneFacts(result, scene) {
+  const facts = document.createElement("p");
+  facts.className = "scene";
+  const size = document.createElement("span");
+  size.className = "size";
+  size.textContent = `${result.width} × ${result.height} px`;
+  const crs = document.createElement("span");
+  crs.className = "crs";
+  if (scene.crs) {
+    // A CRS without an EPSG code comes as WKT: show its name, keep the whole in the tooltip.
+    const named = /^[A-Z]+CRS\["([^"]*)"|^[A-Z_]+CS\["([^"]*)"/.exec(scene.crs);
+    crs.textContent = named ? named[1] || named[2] : scene.crs;
+    crs.title = scene.crs;
+  } else {
+    crs.textContent = "no CRS";
+  }
+  if (scene.georeference === "gcps") crs.textContent += " (GCPs)";
+  const tiles = document.createElement("span");
+  tiles.className = "tiles";
+  tiles.textContent = plural(scene.tiles, "tile");
+  facts.dataset.width = String(result.width);
+  facts.dataset.height = String(result.height);
+  facts.dataset.crs = scene.crs || "";
+  facts.dataset.tiles = String(scene.tiles);
+  facts.append(size, crs, tiles);
+  return facts;
 }
 
 // Server-sent events read with fetch, so the token can go in a header.

@@ -1,0 +1,351 @@
+"""A whole scene on disk: its header, its valid area and dB histogram, and windows of it.
+
+Valid area: Sentinel-1 GRD scenes have an all-zero border (zero rows at top and bottom, zero
+runs of varying length at each row's ends), and nodata is never sea. A row's valid extent
+runs from its first to its last pixel that is neither 0, nodata nor NaN; inside it every
+pixel but nodata and NaN is valid, zeros included (a dark slick can be truly 0).
+
+Memory stays bounded whatever the scene's size: reads are by window (by strips of about
+STRIP_BYTES of work arrays when surveying), GDAL's block cache is capped at GDAL_CACHE_MIB,
+and blocks over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from . import scale
+from .scale import DbKind
+
+if TYPE_CHECKING:
+    from .safe import Calibration
+
+SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "float32"})
+SCENE_DRIVERS = ("GTiff", "JP2OpenJPEG")  # tried in turn; never VRT & co, which open other files
+GDAL_CACHE_MIB = 64  # GDAL's default is 5% of RAM: far over our budget on a big server
+MAX_BLOCK_BYTES = 64 * 2**20  # GDAL decodes a whole block even to read one pixel of it
+STRIP_BYTES = 32 * 2**20  # work arrays of one survey strip
+_WORK_BYTES_PER_PIXEL = 40  # raw, masks, float32 values, calibration LUT, dB, bin indices
+_SURVEY_FORMAT = 1
+# Reads never look at sidecar files (an uploaded .aux.xml or .ovr must not change a scene),
+# never write any, and never use overviews (their pixels are not the scene's).
+_GDAL_OPTIONS = {"GDAL_CACHEMAX": GDAL_CACHE_MIB, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+                 "GDAL_PAM_ENABLED": "NO"}
+
+# A rasterio Window or (col_off, row_off, width, height), in whole pixels.
+WindowLike: TypeAlias = "Window | tuple[int, int, int, int]"
+
+
+class SceneError(Exception):
+    """A scene cannot be used; the message is safe to show to the uploader."""
+
+
+class UnreadableScene(SceneError):
+    """Not a raster GDAL can read, truncated or corrupt, or of an unsupported data type."""
+
+
+class SceneTooLarge(SceneError):
+    """More pixels than OILSPILL_MAX_SCENE_PIXELS allows."""
+
+
+class NoSuchBand(SceneError):
+    """The band OILSPILL_SCENE_BAND names is not in the file."""
+
+
+class EmptyScene(SceneError):
+    """Not one valid pixel: all border, nodata or NaN."""
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """A scene's header.
+
+    band: the band used (1-based) of count. dtype: numpy name, one of SUPPORTED_DTYPES.
+    nodata: the file's nodata value or None. driver: the GDAL driver that opened it.
+    crs_wkt and transform (rasterio's Affine order a, b, c, d, e, f): the affine
+    georeference, None without one. gcps: (row, col, x, y, z) ground control points in
+    gcps_crs_wkt (radar geometry, e.g. Sentinel-1 GRD), None without any.
+    """
+
+    width: int
+    height: int
+    band: int
+    count: int
+    dtype: str
+    nodata: float | None
+    driver: str
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float] | None
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None
+    gcps_crs_wkt: str | None
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the scene has an affine transform or ground control points."""
+        return self.transform is not None or bool(self.gcps)
+
+
+@contextmanager
+def _open(path: Path, driver: str, for_pixels: bool = True) -> Iterator[DatasetReader]:
+    # OVERVIEW_LEVEL=NONE wraps the dataset, and the wrapper hands rasterio an uninitialised
+    # geotransform when the file has none: headers are read from the plain dataset.
+    options = {"OVERVIEW_LEVEL": "NONE"} if for_pixels else {}
+    with rasterio.Env(**_GDAL_OPTIONS), rasterio.open(path, driver=driver, **options) as src:
+        yield src
+
+
+def inspect_scene(path: Path, band: int, max_pixels: int) -> SceneInfo:
+    """The header of a scene, refused before any pixel is read if unusable."""
+    if not path.is_file():
+        raise FileNotFoundError(path)  # our bug, not the uploader's: not a SceneError
+    for driver in SCENE_DRIVERS:
+        try:
+            with _open(path, driver, for_pixels=False) as src:
+                return _inspect(src, path, band, max_pixels)
+        except RasterioError:
+            continue
+    raise UnreadableScene("not a GeoTIFF or JPEG 2000 raster that GDAL can read")
+
+
+def _inspect(src: DatasetReader, path: Path, band: int, max_pixels: int) -> SceneInfo:
+    width, height = src.width, src.height
+    if width * height > max_pixels:
+        raise SceneTooLarge(f"the scene is {width} x {height} = {width * height} pixels, over "
+                            f"the limit of {max_pixels} (OILSPILL_MAX_SCENE_PIXELS)")
+    if not 1 <= band <= src.count:
+        raise NoSuchBand(f"band {band} (OILSPILL_SCENE_BAND) asked for, but the scene has "
+                         f"{src.count} band(s)")
+    dtype = src.dtypes[band - 1]
+    if dtype not in SUPPORTED_DTYPES:
+        raise UnreadableScene(f"band {band} holds {dtype} values; supported: "
+                              f"{', '.join(sorted(SUPPORTED_DTYPES))}")
+    block_rows, block_cols = src.block_shapes[band - 1]
+    block_bytes = block_rows * block_cols * np.dtype(dtype).itemsize
+    if block_bytes > MAX_BLOCK_BYTES:
+        raise UnreadableScene(f"the scene is stored in blocks of {block_bytes // 2**20} MiB "
+                              f"(over {MAX_BLOCK_BYTES // 2**20}); save it tiled")
+    if src.driver == "GTiff":
+        _check_not_truncated(src, path, band)
+    gcps, gcps_crs = src.gcps
+    transform = None if src.transform.is_identity else tuple(src.transform)[:6]
+    return SceneInfo(
+        width=width, height=height, band=band, count=src.count, dtype=dtype,
+        nodata=None if src.nodatavals[band - 1] is None else float(src.nodatavals[band - 1]),
+        driver=src.driver, crs_wkt=src.crs.to_wkt() if src.crs else None,
+        transform=transform,
+        gcps=tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in gcps) or None,
+        gcps_crs_wkt=gcps_crs.to_wkt() if gcps and gcps_crs else None)
+
+
+def _check_not_truncated(src: DatasetReader, path: Path, band: int) -> None:
+    """Refuse a TIFF whose first or last block of the band lies past the end of the file."""
+    # An upload cut short still has a whole header; without this it would fail half-way
+    # through the survey. The blocks in between are caught when read.
+    block_rows, block_cols = src.block_shapes[band - 1]
+    last = ((src.width - 1) // block_cols, (src.height - 1) // block_rows)
+    file_bytes = path.stat().st_size
+    for x, y in ((0, 0), last):
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+        size = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+        if offset and size and int(offset) + int(size) > file_bytes:
+            raise UnreadableScene(f"the file is truncated: {file_bytes} bytes, but its pixel "
+                                  f"data runs to byte {int(offset) + int(size)}")
+
+
+@dataclass(frozen=True, eq=False)
+class Survey:
+    """The valid area and dB histogram of a scene, from one pass over it.
+
+    width: the scene's width. row_first, row_last: per row (int32, length height), the first
+    and last column of its valid extent; first > last (0, -1) for a row with none.
+    valid_pixels: how many pixels are valid. db_kind: how values became dB. histogram:
+    counts of the valid pixels' dB in the fixed bins of scale.py (DB_BINS of DB_STEP).
+    """
+
+    width: int
+    row_first: npt.NDArray[np.int32]
+    row_last: npt.NDArray[np.int32]
+    valid_pixels: int
+    db_kind: DbKind
+    histogram: npt.NDArray[np.int64]
+
+    @property
+    def height(self) -> int:
+        """The scene's height."""
+        return len(self.row_first)
+
+    def percentile(self, pct: float) -> float:
+        """The pct-th percentile of the valid pixels in dB, to half a histogram bin."""
+        return scale.histogram_percentile(self.histogram, pct)
+
+    def valid_mask(self, window: WindowLike,
+                   out_shape: tuple[int, int] | None = None) -> npt.NDArray[np.bool_]:
+        """Which pixels of a window lie in the rows' valid extents (nodata not checked)."""
+        col_off, row_off, width, height = _window_tuple(window, self.width, self.height)
+        rows_n, cols_n = out_shape or (height, width)
+        return self.valid_at(sample_positions(row_off, height, rows_n),
+                             sample_positions(col_off, width, cols_n))
+
+    def valid_at(self, rows: npt.NDArray[np.intp],
+                 cols: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+        """Which pixels of the grid rows x cols (scene indices) lie in the valid extents."""
+        return ((cols[None, :] >= self.row_first[rows][:, None])
+                & (cols[None, :] <= self.row_last[rows][:, None]))
+
+    def save(self, path: Path) -> None:
+        """Write the survey as an .npz file (at path exactly, whatever its name)."""
+        with path.open("wb") as out:  # a file object: np.savez would append ".npz" to a name
+            np.savez(out, format=np.array(_SURVEY_FORMAT), bins=_bins(), width=np.array(self.width),
+                     row_first=self.row_first, row_last=self.row_last,
+                     valid_pixels=np.array(self.valid_pixels),
+                     db_kind=np.array(self.db_kind.value), histogram=self.histogram)
+
+    @classmethod
+    def load(cls, path: Path) -> Survey:
+        """A survey written by save(); SceneError if it is unreadable or of another format."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if int(data["format"]) != _SURVEY_FORMAT or data["bins"].tolist() != _bins():
+                    raise ValueError("another format")
+                survey = cls(width=int(data["width"]), row_first=data["row_first"].astype(np.int32),
+                             row_last=data["row_last"].astype(np.int32),
+                             valid_pixels=int(data["valid_pixels"]),
+                             db_kind=DbKind(str(data["db_kind"])),
+                             histogram=data["histogram"].astype(np.int64))
+            if (survey.row_last.shape != survey.row_first.shape
+                    or survey.histogram.shape != (scale.DB_BINS,)):
+                raise ValueError("inconsistent arrays")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise SceneError(f"the survey file is unusable: {exc}") from None
+        return survey
+
+
+def _bins() -> list[float]:
+    """The histogram's binning, saved with a survey so that a change is noticed on load."""
+    return [scale.DB_MIN, scale.DB_STEP, float(scale.DB_BINS)]
+
+
+def sample_positions(offset: int, size: int, count: int) -> npt.NDArray[np.intp]:
+    """Scene indices sampled along one axis when size pixels are read as count (nearest)."""
+    # Pixel centres, as GDAL's nearest-neighbour decimation picks them: count == size gives
+    # offset, offset + 1, ... exactly.
+    positions: npt.NDArray[np.intp] = np.floor((np.arange(count) + 0.5) * (size / count)
+                                               ).astype(np.intp)
+    return positions + offset
+
+
+def _window_tuple(window: WindowLike, scene_width: int,
+                  scene_height: int) -> tuple[int, int, int, int]:
+    if isinstance(window, Window):
+        window = (int(window.col_off), int(window.row_off), int(window.width),
+                  int(window.height))
+    col_off, row_off, width, height = window
+    if (width < 1 or height < 1 or col_off < 0 or row_off < 0
+            or col_off + width > scene_width or row_off + height > scene_height):
+        raise ValueError(f"window {window} is not inside the {scene_width} x {scene_height} "
+                         "scene")
+    return col_off, row_off, width, height
+
+
+def _usable(raw: npt.NDArray[Any], nodata: float | None) -> npt.NDArray[np.bool_]:
+    """Pixels that are neither nodata nor NaN."""
+    usable = np.isfinite(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+    if nodata is not None:
+        usable &= raw != nodata
+    return usable
+
+
+def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = None,
+                 strip_rows: int | None = None) -> Survey:
+    """One pass over the scene by strips of rows: its valid extents and dB histogram."""
+    if strip_rows is None:
+        strip_rows = max(1, STRIP_BYTES // (_WORK_BYTES_PER_PIXEL * info.width))
+    first = np.zeros(info.height, np.int32)
+    last = np.full(info.height, -1, np.int32)
+    histogram = np.zeros(scale.DB_BINS, np.int64)
+    as_db = np.zeros(scale.DB_BINS, np.int64)  # float32 only: the values taken as dB already
+    negative_seen = False
+    kind = scale.db_kind_for(info.dtype, calibration is not None, negative_seen=False)
+    columns = np.arange(info.width, dtype=np.int32)
+    with _open(path, info.driver) as src:
+        for top in range(0, info.height, strip_rows):
+            rows = min(strip_rows, info.height - top)
+            raw = _read(src, info, Window(0, top, info.width, rows), None)
+            usable = _usable(raw, info.nodata)
+            edge = usable & (raw != 0)  # the first and last of these bound the row's extent
+            has = edge.any(axis=1)
+            first[top:top + rows] = np.where(has, edge.argmax(axis=1), 0)
+            last[top:top + rows] = np.where(has, info.width - 1 - edge[:, ::-1].argmax(axis=1),
+                                            -1)
+            del edge
+            usable &= columns[None, :] >= first[top:top + rows, None]
+            usable &= columns[None, :] <= last[top:top + rows, None]
+            values = raw[usable].astype(np.float32)
+            del raw
+            if calibration is not None:
+                lut = calibration.sigma_nought((0, top, info.width, rows))[usable]
+                values = _sigma0(values, lut)
+            histogram += scale.histogram_of(scale.to_db(values, kind))
+            if info.dtype == "float32":
+                as_db += scale.histogram_of(scale.to_db(values, DbKind.DB))
+                negative_seen = negative_seen or bool((values < 0).any())
+    if negative_seen:
+        kind, histogram = DbKind.DB, as_db
+    valid_pixels = int(histogram.sum())
+    if valid_pixels == 0:
+        raise EmptyScene("the scene has no valid pixel: it is all border, nodata or NaN")
+    return Survey(width=info.width, row_first=first, row_last=last, valid_pixels=valid_pixels,
+                  db_kind=kind, histogram=histogram)
+
+
+def _sigma0(dn: npt.NDArray[np.float32], lut: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """sigma0 = DN^2 / A^2 (ESA's calibration of GRD products), in place in dn."""
+    dn /= lut
+    dn *= dn
+    return dn
+
+
+def _read(src: DatasetReader, info: SceneInfo, window: Window,
+          out_shape: tuple[int, int] | None) -> npt.NDArray[Any]:
+    try:
+        raw: npt.NDArray[Any] = src.read(info.band, window=window, out_shape=out_shape,
+                                         resampling=Resampling.nearest)
+    except RasterioError:
+        top, bottom = int(window.row_off), int(window.row_off + window.height) - 1
+        raise UnreadableScene(f"the scene's pixel data is truncated or corrupt (rows {top} to "
+                              f"{bottom} cannot be read)") from None
+    return raw
+
+
+def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
+                calibration: Calibration | None = None, out_shape: tuple[int, int] | None = None
+                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """A window's float32 values (sigma0 if calibrated; nearest to out_shape) and valid mask."""
+    if (survey.width, survey.height) != (info.width, info.height):
+        raise ValueError("the survey is of another scene")
+    col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
+    rows_n, cols_n = out_shape or (height, width)
+    if rows_n < 1 or cols_n < 1:
+        raise ValueError(f"out_shape {out_shape} is empty")
+    with _open(path, info.driver) as src:
+        raw = _read(src, info, Window(col_off, row_off, width, height), (rows_n, cols_n))
+    rows = sample_positions(row_off, height, rows_n)
+    cols = sample_positions(col_off, width, cols_n)
+    valid = survey.valid_at(rows, cols) & _usable(raw, info.nodata)
+    values = raw.astype(np.float32)
+    if calibration is not None:
+        values = _sigma0(values, calibration.sigma_nought_at(rows, cols))
+    return values, valid

@@ -1,0 +1,306 @@
+"""The stitched mask of a tiled scene, written as a Cloud-Optimized GeoTIFF, and its statistics.
+
+Tiles: each tile's mask (a PNG the size of its read window, see tiles.py) gives only the
+pixels of its core window; the overlap, where the service saw the pixels with less context
+around them, is dropped.
+
+Context beyond one tile: a slick wider than a tile fills whole tiles, where a detector that
+sees one tile at a time may find nothing (no edge, no contrast with clean sea). The optional
+overview mask is the service's answer for the whole scene scaled down to one tile. Its
+8-connected components are labelled at overview resolution, and only those whose bounding
+box, scaled to scene pixels, has a longest side of at least large_px (the caller passes about
+half a tile) are ORed into the stitched mask, upsampled (nearest) window by window. Small
+slicks come from the sharp tiles alone, where the coarse overview would only fatten them or
+add false alarms; big ones are never missed.
+
+The file: one uint8 band, 0 = sea, 255 = oil, NODATA (127) where the caller's valid area is
+False or no tile answered; tiled 512 x 512, DEFLATE, internal overviews (nearest), with the
+scene's CRS and transform, or its GCPs, or neither for a plain picture. 127 is below the oil
+threshold (128), so a reader that ignores nodata still never counts it as oil, and a viewer
+shows it mid-grey, apart from black sea and white oil.
+
+Memory: every step works on one tile's core window or one strip of rows, and GDAL's block
+cache is capped at 64 MiB. Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..masks import OIL_LEVEL
+from .tiles import Tile
+
+NODATA = 127  # see the module docstring
+OIL = 255
+# Rows per strip when counting: ~8 bytes per pixel of a strip at once (labels are int32),
+# about 27 MiB on a Sentinel-1 scene's width.
+STRIP_ROWS = 128
+GDAL_CACHE_MIB = 64  # GDAL's default is 5% of RAM: far over our budget on a big server
+_EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
+
+
+class BadMask(Exception):
+    """A tile's or the overview's mask is unreadable, or not one 8-bit band of the right size."""
+
+
+@dataclass(frozen=True)
+class Georef:
+    """Where a scene lies on Earth, copied onto its mask; all None for a plain picture.
+
+    crs_wkt: the CRS of transform (WKT or "EPSG:n"). transform: pixel -> CRS affine in
+    rasterio's order (a, b, c, d, e, f), i.e. tuple(src.transform)[:6]. gcps: ground control
+    points (row, col, x, y, z), row and col in pixels, x/y/z in gcps_crs_wkt; used instead of
+    a transform for scenes in radar geometry (Sentinel-1 GRD).
+    """
+
+    crs_wkt: str | None = None
+    transform: tuple[float, float, float, float, float, float] | None = None
+    gcps: tuple[tuple[float, float, float, float, float], ...] | None = None
+    gcps_crs_wkt: str | None = None
+
+    @classmethod
+    def from_dataset(cls, dataset: Any) -> Georef:
+        """The georeference of an open rasterio dataset."""
+        gcps, gcps_crs = dataset.gcps
+        if gcps:
+            return cls(gcps=tuple((p.row, p.col, p.x, p.y, p.z or 0.0) for p in gcps),
+                       gcps_crs_wkt=gcps_crs.to_wkt() if gcps_crs else None)
+        crs = dataset.crs
+        if crs is None and dataset.transform.is_identity:
+            return cls()
+        a, b, c, d, e, f = tuple(dataset.transform)[:6]
+        return cls(crs_wkt=crs.to_wkt() if crs else None, transform=(a, b, c, d, e, f))
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """What a stitched mask holds; pixel counts are in scene pixels.
+
+    valid_pixels: pixels that are not nodata. oil_fraction: oil_pixels / valid_pixels (0.0
+    when nothing is valid). slick_count: 8-connected components of oil over the whole mask;
+    largest_slick_px: the biggest one's pixel count (0 without oil).
+    """
+
+    width: int
+    height: int
+    valid_pixels: int
+    oil_pixels: int
+    oil_fraction: float
+    slick_count: int
+    largest_slick_px: int
+
+
+def stitch_mask(out_path: Path, width: int, height: int, tiles: Sequence[tuple[Tile, Path]],
+                valid: Callable[[Window], np.ndarray] | None = None,
+                georef: Georef | None = None, overview: Path | None = None,
+                large_px: int = 0, part_path: Path | None = None,
+                strip_rows: int = STRIP_ROWS) -> MaskStats:
+    """Write the scene's mask from its tiles' masks as a COG at out_path (atomically)."""
+    if overview is not None and large_px < 1:
+        raise ValueError("an overview mask needs large_px >= 1")
+    hidden = f".{out_path.name}.{uuid.uuid4().hex}"
+    part = part_path or out_path.with_name(hidden + ".part")
+    # The COG driver only copies a finished dataset: it is first built here, window by window.
+    draft = out_path.with_name(hidden + ".draft.tif")
+    georef = georef or Georef()
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+        "nodata": NODATA, "tiled": True, "blockxsize": 512, "blockysize": 512,
+        # Fast compression: this copy lives for seconds, and masks shrink a lot even so.
+        "compress": "deflate", "zlevel": 1,
+    }
+    if georef.transform is not None:
+        profile["transform"] = Affine(*georef.transform)
+        profile["crs"] = CRS.from_user_input(georef.crs_wkt) if georef.crs_wkt else None
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
+            large = (None if overview is None
+                     else _large_components(overview, width, height, large_px))
+            with rasterio.open(draft, "w", **profile) as dst:
+                if georef.gcps:
+                    crs = CRS.from_user_input(georef.gcps_crs_wkt) if georef.gcps_crs_wkt else None
+                    dst.gcps = ([GroundControlPoint(row=r, col=c, x=x, y=y, z=z)
+                                 for r, c, x, y, z in georef.gcps], crs)
+                # Unwritten blocks read back as nodata: a pixel no tile answered is not sea.
+                for tile, mask_png in tiles:
+                    dst.write(_core(tile, mask_png, width, height, valid, large), 1,
+                              window=tile.core_window)
+            stats = mask_stats(draft, strip_rows)
+            rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                                 OVERVIEW_RESAMPLING="NEAREST")
+        os.replace(part, out_path)
+    finally:
+        draft.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+    return stats
+
+
+def _core(tile: Tile, mask_png: Path, width: int, height: int,
+          valid: Callable[[Window], np.ndarray] | None,
+          large: np.ndarray | None) -> np.ndarray:
+    """The stitched mask's pixels in one tile's core window: 0, OIL or NODATA."""
+    if not (0 <= tile.col <= tile.core_col and 0 <= tile.row <= tile.core_row
+            and tile.core_col + tile.core_width <= min(tile.col + tile.width, width)
+            and tile.core_row + tile.core_height <= min(tile.row + tile.height, height)):
+        raise ValueError(f"tile {tile.index}: core window not inside its read window and the "
+                         f"{width}x{height} scene")
+    band = _read_mask(mask_png, (tile.height, tile.width), tile.core_in_tile)
+    oil = band >= OIL_LEVEL
+    window = tile.core_window
+    if large is not None:
+        oil |= _upsample(large, window, width, height)
+    core = np.where(oil, np.uint8(OIL), np.uint8(0))
+    if valid is not None:
+        inside = np.asarray(valid(window), bool)
+        if inside.shape != core.shape:
+            raise ValueError(f"valid() gave {inside.shape} for a window of {core.shape}")
+        core[~inside] = NODATA
+    return core
+
+
+def _read_mask(path: Path, shape: tuple[int, int] | None,
+               window: Window | None = None) -> np.ndarray:
+    """Band 1 of a mask file (or a window of it), checking it is 8-bit and `shape` (h, w)."""
+    try:
+        with rasterio.open(path) as src:
+            size = (src.height, src.width)
+            if src.count != 1 or src.dtypes[0] != "uint8" or size != (shape or size):
+                raise BadMask(f"{path.name}: {src.count} band(s) of {src.dtypes[0]}, "
+                              f"{src.width}x{src.height}; expected one uint8 band"
+                              + (f" of {shape[1]}x{shape[0]}" if shape else ""))
+            return np.asarray(src.read(1, window=window), np.uint8)
+    except RasterioIOError as exc:
+        raise BadMask(f"{path.name}: {exc}") from None
+
+
+def _large_components(overview: Path, width: int, height: int, large_px: int) -> np.ndarray:
+    """The overview's oil (bool, overview size) in components spanning >= large_px of scene."""
+    # An overview is one tile's size at most: whole-array work is fine here.
+    oil = _read_mask(overview, None) >= OIL_LEVEL
+    labels, count = ndimage.label(oil, structure=_EIGHT)
+    scale_y, scale_x = height / oil.shape[0], width / oil.shape[1]
+    keep = np.zeros(count + 1, bool)
+    for number, box in enumerate(ndimage.find_objects(labels), start=1):
+        rows, cols = box
+        extent = max((rows.stop - rows.start) * scale_y, (cols.stop - cols.start) * scale_x)
+        keep[number] = extent >= large_px
+    return np.asarray(keep[labels])
+
+
+def _upsample(small: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
+    """A window of `small` (bool) stretched (nearest) to width x height."""
+    small_h, small_w = small.shape
+    # The small pixel whose footprint holds each scene pixel's centre.
+    rows = np.minimum(((np.arange(window.row_off, window.row_off + window.height) + 0.5)
+                       * small_h / height).astype(np.intp), small_h - 1)
+    cols = np.minimum(((np.arange(window.col_off, window.col_off + window.width) + 0.5)
+                       * small_w / width).astype(np.intp), small_w - 1)
+    part = small[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    if not part.any():  # the usual case, and the fancy indexing below is the slow part
+        return np.zeros((window.height, window.width), bool)
+    return np.asarray(part[rows - rows[0]][:, cols - cols[0]])
+
+
+def mask_stats(path: Path, strip_rows: int = STRIP_ROWS) -> MaskStats:
+    """Statistics of a mask file (band 1; oil >= 128, nodata not valid), read by strips."""
+    if strip_rows < 1:
+        raise ValueError(f"strip_rows must be >= 1, got {strip_rows}")
+    valid_pixels = oil_pixels = 0
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(path) as src:
+        width, height, nodata = src.width, src.height, src.nodata
+        slicks = _StripComponents(width)
+        for top in range(0, height, strip_rows):
+            strip = src.read(1, window=Window(0, top, width, min(strip_rows, height - top)))
+            oil = strip >= OIL_LEVEL
+            if nodata is None:
+                valid_pixels += strip.size
+            else:
+                inside = strip != nodata
+                valid_pixels += int(np.count_nonzero(inside))
+                oil &= inside
+            oil_pixels += int(np.count_nonzero(oil))
+            slicks.add(oil)
+    count, largest = slicks.finish()
+    return MaskStats(width=width, height=height, valid_pixels=valid_pixels,
+                     oil_pixels=oil_pixels,
+                     oil_fraction=oil_pixels / valid_pixels if valid_pixels else 0.0,
+                     slick_count=count, largest_slick_px=largest)
+
+
+class _StripComponents:
+    """8-connected components of a mask fed strip by strip, top to bottom.
+
+    Each strip is labelled alone; its components are joined to those touching the last row
+    seen (across the boundary, 8-neighbourhood) through a graph's connected components, which
+    is a union-find done in bulk. Only components that reach the last row seen stay "open";
+    the others are finished, counted and forgotten, so memory depends on the width alone.
+    """
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.last_row = np.zeros(width, np.int64)  # open component (1..k) per pixel, 0: none
+        self.open_sizes = np.zeros(0, np.int64)  # pixel count of open component i + 1
+        self.count = 0
+        self.largest = 0
+
+    def add(self, oil: np.ndarray) -> None:
+        """Take the next strip of rows (bool, this width)."""
+        # Labelled as uint8: the same components, faster than as bool.
+        labels, new = ndimage.label(oil.view(np.uint8), structure=_EIGHT)
+        old = len(self.open_sizes)
+        if old + new == 0:
+            return
+        # Graph nodes: 0..old-1 the open components, old..old+new-1 this strip's.
+        above, first, w = self.last_row, labels[0], self.width
+        ends: list[np.ndarray] = []
+        for shift in (-1, 0, 1):  # pixel c above touches c + shift below
+            up = above[max(0, -shift):w - max(0, shift)]
+            down = first[max(0, shift):w - max(0, -shift)]
+            touch = (up > 0) & (down > 0)
+            ends.append(np.stack([up[touch] - 1, down[touch] - 1 + old]))
+        edges = np.concatenate(ends, axis=1)
+        graph = coo_matrix((np.ones(edges.shape[1], np.int8), (edges[0], edges[1])),
+                           shape=(old + new, old + new))
+        merged_count, merged = connected_components(graph, directed=False)
+        sizes = np.concatenate([self.open_sizes,
+                                np.bincount(labels.ravel(), minlength=new + 1)[1:]])
+        # float64 weights are exact far beyond any scene's pixel count (2**53).
+        merged_sizes = np.bincount(merged, weights=sizes, minlength=merged_count).astype(np.int64)
+        last = labels[-1]
+        node_below = merged[last[last > 0] - 1 + old]
+        still_open = np.zeros(merged_count, bool)
+        still_open[node_below] = True
+        self._finish(merged_sizes[~still_open])
+        renumber = np.zeros(merged_count, np.int64)
+        renumber[still_open] = np.arange(1, int(np.count_nonzero(still_open)) + 1)
+        self.open_sizes = merged_sizes[still_open]
+        self.last_row = np.zeros(w, np.int64)
+        self.last_row[last > 0] = renumber[node_below]
+
+    def finish(self) -> tuple[int, int]:
+        """(component count, largest component's pixel count) once every strip is in."""
+        self._finish(self.open_sizes)
+        self.open_sizes = np.zeros(0, np.int64)
+        return self.count, self.largest
+
+    def _finish(self, sizes: np.ndarray) -> None:
+        if sizes.size:
+            self.count += int(sizes.size)
+            self.largest = max(self.largest, int(sizes.max()))

@@ -1,0 +1,212 @@
+"""A scene's work: the units it is cut into, one unit's pixels on the scene-wide scale, its
+mask kept, and the stitch that makes one mask, its statistics and its quick-look.
+
+A scene (a TIFF/GeoTIFF/BigTIFF, or a Sentinel-1 product's measurement) becomes:
+- tiles of OILSPILL_TILE_PX overlapping by OILSPILL_TILE_OVERLAP_PX, each sent to the ML
+  service as an 8-bit PNG on one scale for the whole scene (dB, stretched between the
+  scene's 1st and 99th percentiles), so every tile looks alike to the model;
+- for a scene of more than one tile, an overview: the whole scene brought down to one tile,
+  which finds slicks wider than a tile (see geo/stitch.py for how it is combined);
+- a stitch, which runs once every other unit is done.
+
+Blocking: the worker runs these in threads. Memory depends on one tile, never the scene.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from .config import Settings
+from .geo.quicklook import render_quicklook
+from .geo.safe import Calibration
+from .geo.scale import Stretch, encode_tile, to_grey
+from .geo.scene import SceneError, SceneInfo, Survey, inspect_scene, read_window, survey_scene
+from .geo.stitch import Georef, MaskStats, stitch_mask
+from .geo.tiles import Tile, overview_shape, tile_grid
+from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
+from .masks import UnreadableImage, read_answer
+from .paths import JobPaths, result_name
+
+MASK_EXTENSION = ".tif"
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """The settings a scene's work depends on (see config.py)."""
+
+    tile_px: int
+    overlap_px: int
+    band: int
+    max_pixels: int
+    overlay_max_px: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> SceneSettings:
+        return cls(tile_px=settings.tile_px, overlap_px=settings.tile_overlap_px,
+                   band=settings.scene_band, max_pixels=settings.max_scene_pixels,
+                   overlay_max_px=settings.overlay_max_px)
+
+
+@dataclass(frozen=True)
+class SceneContext:
+    """What every unit of one scene needs: its header, survey, scale and calibration."""
+
+    path: Path
+    info: SceneInfo
+    survey: Survey
+    stretch: Stretch
+    calibration: Calibration | None
+
+
+def plan_units(path: Path, settings: SceneSettings) -> tuple[NewTile, ...]:
+    """The units of a scene, from its header alone; raises geo.scene.SceneError."""
+    info = inspect_scene(path, settings.band, settings.max_pixels)
+    tiles = tile_grid(info.width, info.height, settings.tile_px, settings.overlap_px)
+    whole = (0, 0, info.width, info.height)
+    units = [NewTile(t.index, UnitKind.TILE, (t.col, t.row, t.width, t.height),
+                     (t.core_col, t.core_row, t.core_width, t.core_height)) for t in tiles]
+    if len(tiles) > 1:
+        width, height = overview_shape(info.width, info.height, settings.tile_px)
+        # The overview's core is its own size: the shape its mask comes back in.
+        units.append(NewTile(len(units), UnitKind.OVERVIEW, whole, (0, 0, width, height)))
+    units.append(NewTile(len(units), UnitKind.STITCH, whole, whole))
+    return tuple(units)
+
+
+def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneContext:
+    """The scene's context; its survey (one pass over the scene) is made once and kept."""
+    image = paths.image(task.stored_name)
+    info = inspect_scene(image, settings.band, settings.max_pixels)
+    calibration_xml = paths.calibration(task.stored_name)
+    calibration = Calibration.from_xml(calibration_xml) if calibration_xml.is_file() else None
+    survey_path = paths.survey(task.seq)
+    try:
+        survey = Survey.load(survey_path)
+    except (OSError, SceneError):
+        survey = survey_scene(image, info, calibration)
+        survey_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = paths.scene_partial(task.seq, survey_path.name)
+        try:
+            survey.save(partial)
+            os.replace(partial, survey_path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return SceneContext(image, info, survey, Stretch.from_survey(survey), calibration)
+
+
+def unit_shape(unit: TileUnit) -> tuple[int, int]:
+    """(width, height) of the mask the ML service answers for a unit."""
+    if unit.kind is UnitKind.OVERVIEW:
+        return unit.core[2], unit.core[3]
+    return unit.window[2], unit.window[3]
+
+
+def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
+    """The unit's pixels as the PNG sent to the ML service; None when none is valid (a tile
+    of border only: no call is needed, it holds no oil)."""
+    width, height = unit_shape(unit)
+    values, valid = read_window(ctx.path, ctx.info, unit.window, ctx.survey, ctx.calibration,
+                                out_shape=(height, width))
+    if not valid.any():
+        return None
+    return encode_tile(values, valid, ctx.stretch)
+
+
+def keep_unit_mask(answer: bytes | Path | None, paths: JobPaths, unit: TileUnit) -> Path:
+    """Check the ML service's answer is a mask of the unit's size and keep it (written whole,
+    then renamed); None means no call was made: an empty mask. Raises UnreadableImage."""
+    width, height = unit_shape(unit)
+    target = paths.tile_mask(unit.task.seq, unit.idx)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = paths.scene_partial(unit.task.seq, target.name)
+    try:
+        if answer is None:
+            Image.new("L", (width, height), 0).save(partial, format="PNG")
+        else:
+            if read_answer(answer, width, height).kind is not ResultKind.MASK:
+                raise UnreadableImage(
+                    f"the ML service answered a picture, not a {width}x{height} mask: a scene's "
+                    "tiles need masks to be stitched")
+            if isinstance(answer, bytes):
+                partial.write_bytes(answer)
+            else:
+                os.replace(answer, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+        if isinstance(answer, Path):
+            answer.unlink(missing_ok=True)
+    return target
+
+
+def _georef(info: SceneInfo) -> Georef:
+    return Georef(crs_wkt=info.crs_wkt, transform=info.transform, gcps=info.gcps,
+                  gcps_crs_wkt=info.gcps_crs_wkt)
+
+
+def _scene_summary(ctx: SceneContext, tiles: int) -> dict[str, Any]:
+    info = ctx.info
+    georeference = "gcps" if info.gcps else "affine" if info.transform and info.crs_wkt else None
+    crs = info.gcps_crs_wkt if info.gcps else info.crs_wkt
+    return {"georeference": georeference, "crs": _crs_name(crs), "band": info.band,
+            "dtype": info.dtype, "calibrated": ctx.calibration is not None,
+            "valid_pixels": ctx.survey.valid_pixels, "tiles": tiles,
+            "scale": ctx.stretch.as_dict()}
+
+
+def _crs_name(wkt: str | None) -> str | None:
+    """"EPSG:n" when the CRS has an EPSG code, else its WKT."""
+    if not wkt:
+        return None
+    epsg = CRS.from_user_input(wkt).to_epsg()
+    return f"EPSG:{epsg}" if epsg else wkt
+
+
+def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[TileUnit],
+                 settings: SceneSettings) -> tuple[TaskOutcome, list[Path]]:
+    """Stitch the units' masks into the scene's mask (a COG with its georeference), count
+    its slicks over the valid area, draw its quick-look; returns the outcome and the files
+    written (to make durable)."""
+    tiles = [(Tile(u.idx, *u.window, *u.core), paths.tile_mask(task.seq, u.idx))
+             for u in units if u.kind is UnitKind.TILE]
+    overviews = [u for u in units if u.kind is UnitKind.OVERVIEW]
+    overview = paths.tile_mask(task.seq, overviews[0].idx) if overviews else None
+    name = result_name(task.seq, MASK_EXTENSION)
+    mask = paths.result(ResultKind.MASK, name)
+
+    def valid(window: Window) -> np.ndarray:
+        return ctx.survey.valid_mask(window)
+
+    stats: MaskStats = stitch_mask(
+        mask, ctx.info.width, ctx.info.height, tiles, valid=valid, georef=_georef(ctx.info),
+        overview=overview, large_px=max(1, settings.tile_px // 2),
+        part_path=paths.mask_partial(name))
+
+    def grey(window: Window, shape: tuple[int, int]) -> np.ndarray:
+        return to_grey(*read_window(ctx.path, ctx.info, window, ctx.survey, ctx.calibration,
+                                    out_shape=shape), ctx.stretch)
+
+    overlay = paths.overlay(name)
+    render_quicklook(grey, mask, overlay, settings.overlay_max_px)
+    outcome = TaskOutcome(
+        width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
+        result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,
+        slick_count=stats.slick_count, largest_slick_px=stats.largest_slick_px,
+        scene=_scene_summary(ctx, len(tiles)))
+    return outcome, [mask, overlay]
+
+
+def drop_work(paths: JobPaths, seq: int) -> None:
+    """Remove a finished scene's working folder (survey, tile masks)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(paths.scene_work(seq))

@@ -1,0 +1,379 @@
+"""Whole scenes: headers, refusals, the valid area, percentiles, windows and the grey scale."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from oilspill.geo.scale import DB_MIN, DB_STEP, DbKind, Stretch, encode_tile, to_grey
+from oilspill.geo.scene import (
+    EmptyScene,
+    NoSuchBand,
+    SceneError,
+    SceneTooLarge,
+    Survey,
+    UnreadableScene,
+    inspect_scene,
+    read_window,
+    survey_scene,
+)
+
+# Scenes in radar geometry (GCPs) or with no georeference at all are expected here.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+W, H = 600, 400
+BIG = 10**12
+
+
+def write_scene(path: Path, data: np.ndarray, **profile: Any) -> Path:
+    """A GeoTIFF of data (rows, cols) or (bands, rows, cols); profile adds crs, nodata..."""
+    bands = data if data.ndim == 3 else data[None]
+    gcps = profile.pop("gcps", None)
+    with rasterio.open(path, "w", driver="GTiff", width=bands.shape[2], height=bands.shape[1],
+                       count=bands.shape[0], dtype=bands.dtype.name, **profile) as dst:
+        dst.write(bands)
+        if gcps is not None:
+            dst.gcps = gcps
+    return path
+
+
+def sea(rng: np.random.Generator, shape: tuple[int, int] = (H, W)) -> np.ndarray:
+    """Speckled uint16 sea, never 0."""
+    return np.clip(rng.gamma(4.0, 60.0, shape), 1, 65535).astype(np.uint16)
+
+
+def s1_border(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An S1-like scene: zero rows top and bottom, ragged zero runs, interior zeros.
+
+    Returns the data and the expected first and last valid column of each row."""
+    data = sea(rng)
+    first = rng.integers(0, 40, H).astype(np.int32)
+    last = (W - 1 - rng.integers(0, 30, H)).astype(np.int32)
+    for row in range(H):
+        data[row, :first[row]] = 0
+        data[row, last[row] + 1:] = 0
+    first[:5], last[:5] = 0, -1
+    first[-7:], last[-7:] = 0, -1
+    data[:5] = 0
+    data[-7:] = 0
+    data[100:110, 200:260] = 0  # a dark patch inside: still valid
+    data[50, 300] = 0
+    return data, first, last
+
+
+@pytest.fixture
+def border_scene(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    data, first, last = s1_border(np.random.default_rng(1))
+    return write_scene(tmp_path / "border.tif", data), data, first, last
+
+
+def amplitude_db(values: np.ndarray) -> np.ndarray:
+    out = np.full(values.shape, DB_MIN)
+    positive = values > 0
+    out[positive] = 20 * np.log10(values[positive].astype(np.float64))
+    return out
+
+
+# --- inspect_scene ---------------------------------------------------------------------
+
+def test_utm_uint16_header(tmp_path: Path) -> None:
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+    path = write_scene(tmp_path / "utm.tif", sea(np.random.default_rng(0)),
+                       crs=CRS.from_epsg(32633), transform=transform)
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    assert (info.width, info.height, info.band, info.count) == (W, H, 1, 1)
+    assert info.dtype == "uint16" and info.nodata is None and info.driver == "GTiff"
+    assert CRS.from_wkt(info.crs_wkt or "").to_epsg() == 32633
+    assert info.transform == (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+    assert info.gcps is None and info.georeferenced
+
+
+def test_float32_geographic(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).random((H, W), np.float32)
+    path = write_scene(tmp_path / "f.tif", data, crs=CRS.from_epsg(4326),
+                       transform=Affine(0.001, 0.0, 10.0, 0.0, -0.001, 50.0))
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    assert info.dtype == "float32"
+    assert CRS.from_wkt(info.crs_wkt or "").to_epsg() == 4326
+    assert info.transform == pytest.approx((0.001, 0.0, 10.0, 0.0, -0.001, 50.0))
+
+
+def test_gcps_round_trip(tmp_path: Path) -> None:
+    points = [GroundControlPoint(0, 0, 10.0, 50.0, 0.0),
+              GroundControlPoint(0, 599, 11.0, 50.1, 0.0),
+              GroundControlPoint(399, 0, 9.9, 49.0, 5.0)]
+    path = write_scene(tmp_path / "gcp.tif", sea(np.random.default_rng(0)),
+                       gcps=(points, CRS.from_epsg(4326)))
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    assert info.transform is None and info.crs_wkt is None
+    assert info.gcps == ((0, 0, 10.0, 50.0, 0.0), (0, 599, 11.0, 50.1, 0.0),
+                         (399, 0, 9.9, 49.0, 5.0))
+    assert CRS.from_wkt(info.gcps_crs_wkt or "").to_epsg() == 4326
+    assert info.georeferenced
+
+
+def test_plain_picture_is_not_georeferenced(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "plain.tif", np.full((20, 30), 7, np.uint8))
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    assert info.transform is None and info.gcps is None and not info.georeferenced
+
+
+def test_third_band_and_missing_band(tmp_path: Path) -> None:
+    data = np.stack([np.full((H, W), v, np.uint16) for v in (10, 20, 30)])
+    path = write_scene(tmp_path / "rgb.tif", data)
+    info = inspect_scene(path, band=2, max_pixels=BIG)
+    assert (info.band, info.count) == (2, 3)
+    survey = survey_scene(path, info)
+    values, valid = read_window(path, info, (0, 0, 8, 8), survey)
+    assert np.all(values == 20) and valid.all()
+    with pytest.raises(NoSuchBand, match="OILSPILL_SCENE_BAND"):
+        inspect_scene(path, band=4, max_pixels=BIG)
+
+
+def test_garbage_is_unreadable_without_server_paths(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.tif"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(UnreadableScene) as caught:
+        inspect_scene(path, band=1, max_pixels=BIG)
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_truncated_file_is_unreadable(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "cut.tif", sea(np.random.default_rng(0)))
+    path.write_bytes(path.read_bytes()[:200_000])
+    with pytest.raises(UnreadableScene, match="truncated") as caught:
+        inspect_scene(path, band=1, max_pixels=BIG)
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_corrupt_block_fails_the_survey_cleanly(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "deflate.tif", sea(np.random.default_rng(0)), tiled=True,
+                       blockxsize=128, blockysize=128, compress="deflate")
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_1", "TIFF", bidx=1))
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + 16] = bytes(16)  # no longer a zlib stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UnreadableScene, match="corrupt") as caught:
+        survey_scene(path, info)
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_unsupported_dtype(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "f64.tif", np.zeros((10, 10), np.float64))
+    with pytest.raises(UnreadableScene, match="float64"):
+        inspect_scene(path, band=1, max_pixels=BIG)
+
+
+def test_too_large_names_the_setting(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "s.tif", sea(np.random.default_rng(0)))
+    with pytest.raises(SceneTooLarge, match="OILSPILL_MAX_SCENE_PIXELS") as caught:
+        inspect_scene(path, band=1, max_pixels=W * H - 1)
+    assert "600 x 400" in str(caught.value)
+
+
+def tiff_header(width: int, height: int) -> bytes:
+    """A little-endian 8-bit greyscale TIFF header with one strip and no pixel data."""
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 8 + 2 + 12 * 9 + 4), (277, 3, 1), (278, 4, height),
+               (279, 4, (width * height) % 2**32)]
+    out = struct.pack("<2sHI", b"II", 42, 8) + struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, kind, 1) + packed
+    return out + struct.pack("<I", 0)
+
+
+def test_huge_header_refused_fast(tmp_path: Path) -> None:
+    path = tmp_path / "huge.tif"
+    path.write_bytes(tiff_header(10**6, 10**6))
+    started = time.monotonic()
+    with pytest.raises((SceneTooLarge, UnreadableScene)):
+        inspect_scene(path, band=1, max_pixels=10**9)
+    assert time.monotonic() - started < 1.0
+
+
+# --- survey_scene ----------------------------------------------------------------------
+
+def test_survey_finds_the_s1_border(border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path, data, first, last = border_scene
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    assert survey.db_kind is DbKind.AMPLITUDE
+    np.testing.assert_array_equal(survey.row_first, first)
+    np.testing.assert_array_equal(survey.row_last, last)
+    columns = np.arange(W)
+    inside = (columns >= first[:, None]) & (columns <= last[:, None])
+    assert survey.valid_pixels == int(inside.sum())
+    # Strips of any height give the same survey.
+    small = survey_scene(path, info, strip_rows=7)
+    np.testing.assert_array_equal(small.row_first, first)
+    np.testing.assert_array_equal(small.histogram, survey.histogram)
+    # Percentiles of the histogram match numpy's on the valid pixels, interior zeros included.
+    expected = np.percentile(amplitude_db(data[inside]), [1, 50, 99])
+    for pct, want in zip((1, 50, 99), expected, strict=True):
+        assert abs(survey.percentile(pct) - want) <= DB_STEP
+
+
+def test_nodata_is_never_valid(tmp_path: Path) -> None:
+    data = sea(np.random.default_rng(2))
+    data[:, :3] = 9  # a nodata border
+    data[200, 100:110] = 9  # and nodata inside
+    path = write_scene(tmp_path / "nd.tif", data, nodata=9)
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    assert info.nodata == 9.0
+    survey = survey_scene(path, info)
+    assert np.all(survey.row_first == 3) and np.all(survey.row_last == W - 1)
+    _, valid = read_window(path, info, (0, 190, 200, 20), survey)
+    np.testing.assert_array_equal(valid, data[190:210, :200] != 9)
+    assert survey.valid_pixels == int((data != 9).sum())
+
+
+def test_float32_kinds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    power = rng.gamma(2.0, 0.05, (H, W)).astype(np.float32) + np.float32(1e-4)
+    path = write_scene(tmp_path / "p.tif", power)
+    survey = survey_scene(path, inspect_scene(path, band=1, max_pixels=BIG))
+    assert survey.db_kind is DbKind.INTENSITY
+    assert abs(survey.percentile(50) - np.median(10 * np.log10(power))) <= DB_STEP
+    db = (10 * np.log10(power)).astype(np.float32)
+    db[0, :10] = np.nan  # NaN is never valid
+    path = write_scene(tmp_path / "db.tif", db)
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    assert survey.db_kind is DbKind.DB
+    assert survey.row_first[0] == 10
+    assert abs(survey.percentile(50) - np.nanmedian(db[np.isfinite(db)])) <= DB_STEP
+
+
+def test_blank_scene_is_empty(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "blank.tif", np.zeros((50, 60), np.uint16))
+    with pytest.raises(EmptyScene):
+        survey_scene(path, inspect_scene(path, band=1, max_pixels=BIG))
+
+
+def test_survey_save_load(tmp_path: Path, border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path = border_scene[0]
+    survey = survey_scene(path, inspect_scene(path, band=1, max_pixels=BIG))
+    survey.save(tmp_path / "survey.cache")
+    again = Survey.load(tmp_path / "survey.cache")
+    np.testing.assert_array_equal(again.row_first, survey.row_first)
+    np.testing.assert_array_equal(again.row_last, survey.row_last)
+    np.testing.assert_array_equal(again.histogram, survey.histogram)
+    assert (again.width, again.valid_pixels, again.db_kind) == (
+        survey.width, survey.valid_pixels, survey.db_kind)
+    (tmp_path / "bad.cache").write_bytes(b"not a survey")
+    with pytest.raises(SceneError):
+        Survey.load(tmp_path / "bad.cache")
+
+
+def test_survey_memory_is_bounded_by_strips(tmp_path: Path) -> None:
+    side = 4000
+    path = tmp_path / "big.tif"
+    rng = np.random.default_rng(4)
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=1,
+                       dtype="uint16") as dst:
+        for top in range(0, side, 500):
+            strip = rng.integers(1, 3000, (500, side), np.uint16)
+            dst.write(strip, 1, window=Window(0, top, side, 500))
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    tracemalloc.start()
+    try:
+        survey = survey_scene(path, info)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert survey.valid_pixels == side * side
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+# --- read_window -----------------------------------------------------------------------
+
+def test_read_window_matches_numpy(border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path, data, first, last = border_scene
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    columns = np.arange(W)
+    inside = (columns >= first[:, None]) & (columns <= last[:, None])
+    for window in ((0, 0, 128, 96), (470, 300, 130, 100), (190, 95, 80, 20)):
+        col, row, width, height = window
+        values, valid = read_window(path, info, window, survey)
+        assert values.dtype == np.float32 and values.shape == (height, width)
+        np.testing.assert_array_equal(values, data[row:row + height, col:col + width])
+        np.testing.assert_array_equal(valid, inside[row:row + height, col:col + width])
+    values, valid = read_window(path, info, Window(190, 95, 80, 20), survey)
+    assert valid[10, 20]  # the interior dark patch: zero, and valid
+    assert values[10, 20] == 0
+
+
+def test_decimated_read(border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path, data, first, last = border_scene
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    values, valid = read_window(path, info, (0, 0, W, H), survey, out_shape=(100, 150))
+    assert values.shape == valid.shape == (100, 150)
+    rows, cols = np.arange(100) * 4 + 2, np.arange(150) * 4 + 2  # pixel centres
+    np.testing.assert_array_equal(values, data[np.ix_(rows, cols)])
+    expected = (cols[None, :] >= first[rows][:, None]) & (cols[None, :] <= last[rows][:, None])
+    np.testing.assert_array_equal(valid, expected)
+    np.testing.assert_array_equal(survey.valid_mask(Window(0, 0, W, H), (100, 150)), expected)
+
+
+def test_window_outside_scene(border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path = border_scene[0]
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    with pytest.raises(ValueError, match="not inside"):
+        read_window(path, info, (550, 0, 100, 10), survey)
+
+
+# --- the grey scale --------------------------------------------------------------------
+
+def test_encode_tile_uses_one_scale(border_scene: tuple[Path, Any, Any, Any]) -> None:
+    path, data, _, _ = border_scene
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    stretch = Stretch.from_survey(survey)
+    assert stretch.low_db == pytest.approx(survey.percentile(1))
+    assert stretch.high_db == pytest.approx(survey.percentile(99))
+    assert stretch.as_dict()["db_kind"] == "amplitude"
+    sea_grey = stretch.sea_grey
+    assert 50 < sea_grey < 200
+    # Tile 1 holds the top border; the same DN in two tiles must give the same grey.
+    tile_a, tile_b = (0, 0, 64, 48), (400, 250, 64, 48)
+    dn = int(data[260, 420])
+    values_a, valid_a = read_window(path, info, tile_a, survey)
+    values_a[20, 30] = dn
+    values_b, valid_b = read_window(path, info, tile_b, survey)
+    png = Image.open(io.BytesIO(encode_tile(values_a, valid_a, stretch)))
+    assert png.format == "PNG" and png.mode == "L" and png.size == (64, 48)
+    grey_a = np.asarray(png)
+    assert np.all(grey_a[~valid_a] == sea_grey) and not valid_a[:5].any()
+    grey_b = np.asarray(Image.open(io.BytesIO(encode_tile(values_b, valid_b, stretch))))
+    assert grey_a[20, 30] == grey_b[10, 20]
+    np.testing.assert_array_equal(grey_b, to_grey(values_b, valid_b, stretch))
+    low, high = stretch.low_db, stretch.high_db
+    expected = np.clip(np.rint((amplitude_db(values_b) - low) / (high - low) * 255), 0, 255)
+    assert np.abs(grey_b.astype(int) - expected).max() <= 1
+
+
+def test_flat_scene_gets_a_usable_scale() -> None:
+    histogram = np.zeros(8000, np.int64)
+    histogram[5000] = 100
+    stretch = Stretch.from_histogram(histogram, DbKind.AMPLITUDE)
+    assert stretch.high_db - stretch.low_db == pytest.approx(1.0)
+    assert stretch.sea_grey == 128
