@@ -61,7 +61,14 @@ class OutageGate:
         while True:
             await asyncio.sleep(self._rng.uniform(wait_s / 2, wait_s))
             probes += 1
-            if await self._probe():
+            try:
+                healthy = await self._probe()
+            except Exception:
+                # Whatever went wrong, the service did not say it is healthy: keep probing
+                # rather than leave the pool paused for good.
+                logger.exception("ML health probe failed")
+                healthy = False
+            if healthy:
                 break
             wait_s = min(self._max_probe_s, wait_s * 2)
         paused_s = time.time() - (self.closed_since or time.time())

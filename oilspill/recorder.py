@@ -50,6 +50,30 @@ def make_durable(files: Sequence[Path]) -> None:
         _fsync(folder)
 
 
+def _durable(batch: list[_End]) -> list[_End]:
+    """Make the batch's files durable; the ends whose files are gone (their job was deleted
+    meanwhile) fail alone, and the rest of the batch goes on. Runs in a thread."""
+    try:
+        make_durable([path for end in batch for path in end.files])
+        return batch
+    except FileNotFoundError:
+        pass
+    kept = []
+    for end in batch:
+        try:
+            make_durable(end.files)
+            kept.append(end)
+        except FileNotFoundError as exc:
+            loop = end.future.get_loop()
+            loop.call_soon_threadsafe(_fail_future, end.future, exc)
+    return kept
+
+
+def _fail_future(future: asyncio.Future[None], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 class Recorder:
     """Collects task ends and writes them in batches; start(), then close() at the end."""
 
@@ -105,10 +129,10 @@ class Recorder:
                 return
 
     async def _write(self, batch: list[_End]) -> None:
+        batch = await asyncio.to_thread(_durable, batch)
+        if not batch:
+            return
         try:
-            files = [path for end in batch for path in end.files]
-            if files:
-                await asyncio.to_thread(make_durable, files)
             ends = [e.end for e in batch]
             await self._store.record(
                 done=[e for e in ends if isinstance(e, TaskDone)],
