@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
                       help="folder for the demo's zip, data and results (default ./oilspill-demo)")
     demo.add_argument("--images", type=int, default=6, help="how many scenes (default 6)")
     sub.add_parser("settings", help="print every setting as a Markdown table")
-    submit = sub.add_parser("submit", help="upload a zip (or a folder of images), wait, "
-                                           "download the results")
-    submit.add_argument("path", type=Path, help="a zip of images, or a folder of them")
+    submit = sub.add_parser("submit", help="upload a zip, a folder of images, or one image or "
+                                           "scene; wait; download the results")
+    submit.add_argument("path", type=Path,
+                        help="a zip of images, a folder of them, or one image or GeoTIFF scene")
     submit.add_argument("--no-wait", action="store_true",
                         help="print the job id and exit once the upload is accepted")
     status = sub.add_parser("status", help="a job's progress")

@@ -17,6 +17,7 @@ import pytest
 from ml_stub.scenes import write_zip
 
 from .procs import live_stack
+from .test_openapi import write_scene
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
@@ -28,8 +29,10 @@ TOKEN = "field-station-token"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    # Small tiles: a 700 x 500 scene is 3 x 3 tiles and an overview.
     with live_stack(tmp_path_factory.mktemp("browser"), ("--latency-ms", "150"),
-                    OILSPILL_API_TOKEN=TOKEN, OILSPILL_CONCURRENCY="2") as base:
+                    OILSPILL_API_TOKEN=TOKEN, OILSPILL_CONCURRENCY="2",
+                    OILSPILL_TILE_PX="256", OILSPILL_TILE_OVERLAP_PX="32") as base:
         yield base
 
 
@@ -146,3 +149,65 @@ def test_overlays_are_fetched_only_near_the_screen(server, browser, tmp_path):
     assert 0 < before < 24
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight);")
     wait_for(lambda: loaded() > before)
+
+
+# Every value the job bar takes, recorded in the page as it changes (no polling to miss one).
+RECORD_BAR = """
+window.barSeen = [];
+new MutationObserver(() => {
+  const bar = document.getElementById("job-bar");
+  window.barSeen.push([bar.getAttribute("aria-valuenow"), bar.getAttribute("aria-valuemax"),
+                       bar.querySelector("div").style.width, bar.textContent]);
+}).observe(document.getElementById("job-bar"), {attributes: true, subtree: true,
+                                                characterData: true, childList: true});
+"""
+
+
+def test_a_scene_moves_the_bar_tile_by_tile(server, browser, tmp_path):
+    """A bare GeoTIFF is one image but ten units of work (nine tiles and an overview): the
+    bar counts the tiles as they come back, and the card tells the scene's size, CRS and
+    tiles."""
+    from selenium.webdriver.common.by import By
+
+    scene = write_scene(tmp_path / "sentinel_like.tif")
+    browser.get(server + "/")
+    accept = browser.find_element(By.ID, "file").get_attribute("accept").split(",")
+    assert {".zip", ".tif", ".tiff", ".png", ".jpg", "image/tiff"} <= set(accept)
+    assert "GeoTIFF" in browser.find_element(By.ID, "drop").text
+    browser.execute_script(RECORD_BAR)
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "file").send_keys(str(scene))
+
+    wait_for(lambda: browser.find_element(By.ID, "download").is_enabled())
+    job = api(server, f"/api/job/{browser.find_element(By.ID, 'job-id').text}")
+    assert (job["total"], job["done"], job["tiles_total"], job["tiles_done"]) == (1, 1, 10, 10)
+    bar = browser.find_element(By.ID, "job-bar")
+    assert bar.text == "1 of 1 images (1 done, 0 failed) · 10 of 10 tiles"
+    assert (bar.get_attribute("aria-valuenow"), bar.get_attribute("aria-valuemax")) == (
+        "10", "10")
+    assert browser.execute_script(
+        "return document.querySelector('#job-bar div').style.width") == "100%"
+
+    seen = browser.execute_script("return window.barSeen")
+    partial = [s for s in seen if s[1] == "10" and s[0] not in (None, "0", "10")]
+    assert partial, seen  # the bar moved while the one image was still running
+    for done, _, width, text in partial:
+        assert width == f"{round(int(done) * 10)}%"
+        assert text.startswith("0 of 1 images (0 done, 0 failed)")
+        assert f"· {done} of 10 tiles" in text
+
+    figure = browser.find_element(By.CSS_SELECTOR, "#gallery figure")
+    assert figure.get_attribute("data-filename") == "sentinel_like.tif"
+    facts = figure.find_element(By.CSS_SELECTOR, ".scene")
+    assert (facts.get_attribute("data-width"), facts.get_attribute("data-height"),
+            facts.get_attribute("data-crs"), facts.get_attribute("data-tiles")) == (
+        "700", "500", "EPSG:32633", "9")
+    assert [facts.find_element(By.CSS_SELECTOR, f".{part}").text
+            for part in ("size", "crs", "tiles")] == ["700 \u00d7 500 px", "EPSG:32633",
+                                                       "9 tiles"]
+    browser.execute_script("arguments[0].scrollIntoView();", figure)
+    wait_for(lambda: browser.execute_script(  # the quick-look arrives and decodes
+        "const i = arguments[0].querySelector('img');"
+        "return i.complete && i.naturalWidth > 0;", figure))
+    if SCREENSHOT:
+        browser.save_screenshot(str(Path(SCREENSHOT).with_suffix(".scene.png")))

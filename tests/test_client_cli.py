@@ -10,10 +10,14 @@ import zipfile
 from pathlib import Path
 
 import aiohttp
+import pytest
+from rasterio.io import MemoryFile
 
 from ml_stub.scenes import write_zip
+from oilspill.client.commands import content_type_of
 
 from .procs import Api, free_port, poll
+from .test_openapi import write_scene
 
 
 async def oilspill(cwd: Path, *args: str) -> tuple[int, str, str]:
@@ -54,6 +58,42 @@ async def test_submit_a_folder_with_json_output(stack_factory, tmp_path):
     assert Path(report["result"]).is_file()
 
 
+async def test_submit_a_bare_geotiff_scene(stack_factory, tmp_path):
+    """One GeoTIFF, sent as it is, cut by the server into 3 x 3 tiles and an overview: the
+    result zip holds its stitched GeoTIFF mask, and the table counts the tiles."""
+    stack = await stack_factory(OILSPILL_TILE_PX="256", OILSPILL_TILE_OVERLAP_PX="32")
+    write_scene(tmp_path / "gulf_scene.tif")
+    code, out, err = await oilspill(tmp_path, "submit", "gulf_scene.tif", "--server",
+                                    stack.base, "--out", "results.zip")
+    assert code == 0, err
+    assert "images               1" in out and "tiles                10" in out
+    assert "done                 1" in out and "failed               0" in out
+    with zipfile.ZipFile(tmp_path / "results.zip") as zf:
+        assert [n for n in zf.namelist() if n.startswith("masks/")] == ["masks/gulf_scene.tif"]
+        (row,) = json.loads(zf.read("summary.json"))
+        mask = zf.read("masks/gulf_scene.tif")
+    assert (row["filename"], row["tiles"], row["crs"]) == ("gulf_scene.tif", 9, "EPSG:32633")
+    with MemoryFile(mask) as memory, memory.open() as dataset:
+        assert (dataset.width, dataset.height, dataset.crs.to_epsg()) == (700, 500, 32633)
+        assert dataset.transform.a == 10.0
+        assert (dataset.read(1) == 255).any()  # the dark band is oil
+
+    code, out, _ = await oilspill(tmp_path, "submit", "gulf_scene.tif", "--server",
+                                  stack.base, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["images"], report["done"], report["tiles"]) == (1, 1, 10)
+
+
+@pytest.mark.parametrize(("head", "content_type"), [
+    (b"II*\x00\x08\x00", "image/tiff"), (b"II+\x00\x08\x00", "image/tiff"),
+    (b"MM\x00*\x00\x00", "image/tiff"), (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff\xe0", "image/jpeg"), (b"PK\x03\x04", "application/zip"),
+    (b"hello", "application/octet-stream"), (b"", "application/octet-stream")])
+def test_a_file_is_labelled_by_its_first_bytes(head, content_type):
+    assert content_type_of(head) == content_type
+
+
 async def test_no_wait_then_status_and_fetch(stack_factory, tmp_path):
     stack = await stack_factory(["--latency-ms", "100"])
     write_zip(tmp_path / "scenes.zip", 3, (96, 96), seed=3)
@@ -62,7 +102,7 @@ async def test_no_wait_then_status_and_fetch(stack_factory, tmp_path):
     assert code == 0
     job_id = out.strip()
     code, out, _ = await oilspill(tmp_path, "status", job_id, "--server", stack.base)
-    assert code in (0, 5) and job_id in out
+    assert code in (0, 5) and job_id in out and " of 3 tiles" in out
     code, out, _ = await oilspill(tmp_path, "fetch", job_id, "--server", stack.base,
                                   "--out", "later.zip")
     assert code == 0 and (tmp_path / "later.zip").is_file()

@@ -27,7 +27,7 @@ import aiohttp
 from tqdm import tqdm
 
 from .folders import folder_files, zip_stream
-from .session import ApiFailure, OilspillClient, ServerGone, _json
+from .session import ApiFailure, OilspillClient, ServerGone
 
 EXIT_OK, EXIT_FAILURES, EXIT_REFUSED, EXIT_GONE, EXIT_RUNNING = 0, 1, 3, 4, 5
 
@@ -48,22 +48,6 @@ def content_type_of(head: bytes) -> str:
     it is none this service knows."""
     return next((kind for magic, kind in _MAGIC if head.startswith(magic)),
                 "application/octet-stream")
-
-
-class _Client(OilspillClient):
-    """The client, able to label an upload's part with its content type."""
-
-    async def upload_as(self, body: AsyncIterator[bytes], filename: str,
-                        content_type: str) -> dict[str, Any]:
-        """Upload chunks made on the fly, streamed, as `content_type`; the server's 202
-        answer. Not retried: the chunks cannot be sent twice."""
-        if content_type == ZIP:
-            return await self.upload(body, filename)
-        form = aiohttp.FormData()
-        form.add_field("file", body, filename=filename, content_type=content_type)
-        async with self._session.post(f"{self._base}/api/upload/", data=form,
-                                      headers=self._headers) as resp:
-            return dict(await _json(resp))
 
 
 @dataclass(frozen=True)
@@ -114,10 +98,10 @@ def _source(path: Path) -> tuple[int, Iterator[bytes], str, str]:
     return path.stat().st_size, _file_chunks(path), path.name, content_type_of(head)
 
 
-async def _upload(client: _Client, path: Path, options: ClientOptions) -> dict[str, Any]:
+async def _upload(client: OilspillClient, path: Path, options: ClientOptions) -> dict[str, Any]:
     total, source, name, content_type = await asyncio.to_thread(_source, path)
     with _bar(options, total=total, unit="B", unit_scale=True, desc="upload") as bar:
-        return await client.upload_as(_chunks(source, bar), name, content_type)
+        return await client.upload(_chunks(source, bar), name, content_type)
 
 
 def _tiles(job: dict[str, Any]) -> tuple[int, int]:
@@ -199,7 +183,7 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
     # server answers when it is done; a dead connection is noticed and retried.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = _Client(session, options.server, options.token, options.give_up_s, retrying)
+        client = OilspillClient(session, options.server, options.token, options.give_up_s, retrying)
         try:
             if action == "submit":
                 accepted = await _upload(client, Path(target), options)

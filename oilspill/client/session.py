@@ -87,16 +87,17 @@ class OilspillClient:
                 return await _json(resp)
         return await self._retrying(call)
 
-    async def upload(self, body: Path | AsyncIterator[bytes], filename: str) -> dict[str, Any]:
-        """Upload a zip (a file, or chunks made on the fly) streamed; the server's 202 answer.
+    async def upload(self, body: Path | AsyncIterator[bytes], filename: str,
+                     content_type: str = "application/zip") -> dict[str, Any]:
+        """Upload a zip, or one image or scene (a file, or chunks made on the fly), streamed;
+        the server's 202 answer.
 
         Not retried: a body made on the fly cannot be sent twice.
         """
         fh = await asyncio.to_thread(open, body, "rb") if isinstance(body, Path) else None
         try:
             form = aiohttp.FormData()
-            form.add_field("file", fh or body, filename=filename,
-                           content_type="application/zip")
+            form.add_field("file", fh or body, filename=filename, content_type=content_type)
             async with self._session.post(f"{self._base}/api/upload/", data=form,
                                           headers=self._headers) as resp:
                 return dict(await _json(resp))

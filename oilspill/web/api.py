@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 TASKS_PAGE = 500
 TASKS_PAGE_MAX = 1000
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 # Multipart framing around the file part; a Content-Length beyond limit + this is refused
 # before a byte of the body is read.
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -90,7 +91,8 @@ def _upload_name(part: BodyPartReader) -> str:
 
 
 async def upload(request: web.Request) -> web.Response:
-    """POST /api/upload/: a multipart form whose part `file` is a zip of images."""
+    """POST /api/upload/: a multipart form whose part `file` is a zip of images, or one image
+    or scene (recognised by its content)."""
     uploads = request.app[keys.METRICS].uploads
     try:
         response = await _upload(request)
@@ -111,7 +113,7 @@ async def _upload(request: web.Request) -> web.Response:
         raise _shutting_down()
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type",
-                       "send a multipart/form-data body with the zip in the part 'file'")
+                       "send a multipart/form-data body with the zip or image in the part 'file'")
     if (request.content_length or 0) > settings.max_upload_bytes + MULTIPART_SLACK_BYTES:
         raise UploadTooLarge(f"upload is larger than {settings.max_upload_bytes} bytes "
                              "(OILSPILL_MAX_UPLOAD_BYTES)")
@@ -174,6 +176,9 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
     if not task.has_overlay or task.result_name is None:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
+    if task.tiled:  # drawn by strips when the scene was stitched; never redrawn whole here
+        return await _serve_file(paths.overlay(task.result_name),
+                                 f"task {task.id} has no overlay")
     try:
         overlay = await asyncio.to_thread(
             ensure_overlay, paths.image(task.stored_name),
@@ -213,9 +218,9 @@ async def list_job_tasks(request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", str(TASKS_PAGE)))
     except ValueError:
         raise ApiError(400, "bad_query", "offset and limit are whole numbers") from None
-    if offset < 0 or not 1 <= limit <= TASKS_PAGE_MAX:
-        raise ApiError(400, "bad_query",
-                       f"offset must be >= 0 and limit between 1 and {TASKS_PAGE_MAX}")
+    if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= TASKS_PAGE_MAX:
+        raise ApiError(400, "bad_query", f"offset must be between 0 and {MAX_OFFSET} and "
+                                         f"limit between 1 and {TASKS_PAGE_MAX}")
     tasks = await request.app[keys.STORE].list_tasks(job.id, offset, limit)
     return web.json_response({"job_id": job.id, "total": job.progress.total, "offset": offset,
                               "limit": limit, "tasks": [task_body(t) for t in tasks]})
