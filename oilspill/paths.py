@@ -24,6 +24,13 @@ _ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f
                            r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
 
 
+def partial_beside(path: Path, role: str = "") -> Path:
+    """A fresh hidden name beside `path` for it while it is written, to rename into place;
+    `role` tells two partial files of one result apart."""
+    middle = f"{role}.{uuid.uuid4().hex}" if role else uuid.uuid4().hex
+    return path.with_name(f".{path.name}.{middle}{PARTIAL_SUFFIX}")
+
+
 def new_id() -> str:
     """A random UUID4 string, for jobs and tasks."""
     return str(uuid.uuid4())
@@ -106,11 +113,11 @@ class JobPaths:
 
     def scene_partial(self, seq: int, name: str) -> Path:
         """A file of a scene's working folder while it is written."""
-        return self.scene_work(seq) / f".{name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        return partial_beside(self.scene_work(seq) / name)
 
     def mask_partial(self, result_name: str) -> Path:
         """A stitched mask while it is written (in masks/, renamed from there)."""
-        return self.masks / f".{result_name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        return partial_beside(self.masks / result_name)
 
     def calibration(self, stored_name: str) -> Path:
         """A Sentinel-1 measurement's calibration table, kept beside it."""
@@ -139,7 +146,7 @@ class JobPaths:
 
     def overlay_partial(self, result_name: str) -> Path:
         """A fresh name for an overlay being drawn (two requests may draw it at once)."""
-        return self.overlays / f".{Path(result_name).stem}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+        return partial_beside(self.overlay(result_name))
 
     def answer_partial(self, task_id: str) -> Path:
         """The ML service's answer for a task while it arrives (in masks/, renamed from there)."""

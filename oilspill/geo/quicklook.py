@@ -8,7 +8,6 @@ on the quick-look's size, never the scene's. Blocking: run in a thread.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ..masks import OIL_LEVEL, OVERLAY_PALETTE
+from ..paths import partial_beside
 from .stitch import GDAL_CACHE_MIB
 
 # scene_reader(window, (rows, cols)): the window of the scene as 8-bit grey, resampled to
@@ -38,7 +38,7 @@ def render_quicklook(scene_reader: SceneReader, mask_path: Path, out_path: Path,
     """Write a PNG of the scene in grey with the mask's oil tinted (written whole, renamed)."""
     if max_px < 1 or strip_rows < 1:
         raise ValueError(f"need max_px >= 1 and strip_rows >= 1, got {max_px}, {strip_rows}")
-    part = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.part")
+    part = partial_beside(out_path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
             with rasterio.open(mask_path) as mask:

@@ -26,7 +26,6 @@ cache is capped at 64 MiB. Blocking: run in a thread.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..masks import OIL_LEVEL
+from ..paths import partial_beside
 from .tiles import Tile
 
 NODATA = 127  # see the module docstring
@@ -115,10 +115,9 @@ def stitch_mask(out_path: Path, width: int, height: int, tiles: Sequence[tuple[T
     """Write the scene's mask from its tiles' masks as a COG at out_path (atomically)."""
     if overview is not None and large_px < 1:
         raise ValueError("an overview mask needs large_px >= 1")
-    hidden = f".{out_path.name}.{uuid.uuid4().hex}"
-    part = part_path or out_path.with_name(hidden + ".part")
+    part = part_path or partial_beside(out_path)
     # The COG driver only copies a finished dataset: it is first built here, window by window.
-    draft = out_path.with_name(hidden + ".draft.tif")
+    draft = partial_beside(out_path, "draft")
     georef = georef or Georef()
     profile: dict[str, Any] = {
         "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
