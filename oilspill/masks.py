@@ -81,6 +81,19 @@ def oil_of(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask >= OIL_LEVEL)
 
 
+def is_mask(data: bytes | Path, width: int, height: int) -> bool:
+    """True when the answer is the contract's mask for a width x height input: an 8-bit
+    one-channel PNG of that size (from its header: nothing is decoded). Raises
+    UnreadableImage if it is not an image at all."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+            return bool(image.format == "PNG" and image.mode == "L"
+                        and image.size == (width, height))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"the ML service's answer is not an image: {_reason(exc)}"
+                              ) from None
+
+
 def read_answer(data: bytes | Path, width: int, height: int) -> Answer:
     """Classify the ML service's answer for a width x height input.
 

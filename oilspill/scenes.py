@@ -34,7 +34,7 @@ from .geo.scene import SceneError, SceneInfo, Survey, inspect_scene, read_window
 from .geo.stitch import Georef, MaskStats, stitch_mask
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
-from .masks import UnreadableImage, read_answer
+from .masks import UnreadableImage, is_mask
 from .paths import JobPaths, result_name
 
 MASK_EXTENSION = ".tif"
@@ -133,10 +133,10 @@ def keep_unit_mask(answer: bytes | Path | None, paths: JobPaths, unit: TileUnit)
         if answer is None:
             Image.new("L", (width, height), 0).save(partial, format="PNG")
         else:
-            if read_answer(answer, width, height).kind is not ResultKind.MASK:
+            if not is_mask(answer, width, height):
                 raise UnreadableImage(
-                    f"the ML service answered a picture, not a {width}x{height} mask: a scene's "
-                    "tiles need masks to be stitched")
+                    f"the ML service did not answer a {width}x{height} 8-bit PNG mask: a "
+                    "scene's tiles need masks to be stitched")
             if isinstance(answer, bytes):
                 partial.write_bytes(answer)
             else:
