@@ -1,3 +1,13 @@
-from .backend import main
+"""`python -m bench`: the backend benchmark (bench/backend.py);
+`python -m bench scene [options]`: one whole scene through the server (bench/scene.py)."""
 
-main()
+import sys
+
+if sys.argv[1:2] == ["scene"]:
+    from .scene import main as scene_main
+
+    scene_main(sys.argv[2:])
+else:
+    from .backend import main
+
+    main()

@@ -29,8 +29,16 @@ from rasterio.windows import Window
 from .config import Settings
 from .geo.quicklook import render_quicklook
 from .geo.safe import Calibration
-from .geo.scale import Stretch, encode_tile, to_grey
-from .geo.scene import SceneError, SceneInfo, Survey, inspect_scene, read_window, survey_scene
+from .geo.scale import Stretch, grey_png, to_grey
+from .geo.scene import (
+    SceneError,
+    SceneInfo,
+    Survey,
+    inspect_scene,
+    read_raw,
+    read_window,
+    survey_scene,
+)
 from .geo.stitch import Georef, MaskStats, stitch_mask
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
@@ -59,13 +67,29 @@ class SceneSettings:
 
 @dataclass(frozen=True)
 class SceneContext:
-    """What every unit of one scene needs: its header, survey, scale and calibration."""
+    """What every unit of one scene needs: its header, survey, scale and calibration.
+
+    grey_table: the grey of every raw value, for an uncalibrated 8- or 16-bit scene (a tile
+    is then one lookup instead of a logarithm per pixel); None otherwise.
+    """
 
     path: Path
     info: SceneInfo
     survey: Survey
     stretch: Stretch
     calibration: Calibration | None
+    grey_table: np.ndarray | None = None
+
+    def grey(self, window: tuple[int, int, int, int] | Window,
+             shape: tuple[int, int] | None = None) -> np.ndarray:
+        """A window of the scene as 8-bit grey on its scale (resampled to shape (h, w))."""
+        if self.grey_table is not None:
+            raw, valid = read_raw(self.path, self.info, window, self.survey, shape)
+            grey = self.grey_table[raw]
+            grey[~valid] = self.stretch.sea_grey
+            return np.asarray(grey)
+        return to_grey(*read_window(self.path, self.info, window, self.survey,
+                                    self.calibration, out_shape=shape), self.stretch)
 
 
 def plan_units(path: Path, settings: SceneSettings) -> tuple[NewTile, ...]:
@@ -101,7 +125,9 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
             os.replace(partial, survey_path)
         finally:
             partial.unlink(missing_ok=True)
-    return SceneContext(image, info, survey, Stretch.from_survey(survey), calibration)
+    stretch = Stretch.from_survey(survey)
+    table = stretch.grey_table(info.dtype) if calibration is None else None
+    return SceneContext(image, info, survey, stretch, calibration, table)
 
 
 def unit_shape(unit: TileUnit) -> tuple[int, int]:
@@ -115,11 +141,12 @@ def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
     """The unit's pixels as the PNG sent to the ML service; None when none is valid (a tile
     of border only: no call is needed, it holds no oil)."""
     width, height = unit_shape(unit)
-    values, valid = read_window(ctx.path, ctx.info, unit.window, ctx.survey, ctx.calibration,
-                                out_shape=(height, width))
-    if not valid.any():
-        return None
-    return encode_tile(values, valid, ctx.stretch)
+    col, row, w, h = unit.window
+    first, last = ctx.survey.row_first[row:row + h], ctx.survey.row_last[row:row + h]
+    if ((last < col) | (first >= col + w) | (first > last)).all():
+        return None  # no row's valid extent reaches into the window: border only
+    grey = ctx.grey(unit.window, (height, width))
+    return grey_png(grey)
 
 
 def keep_unit_mask(answer: bytes | Path | None, paths: JobPaths, unit: TileUnit) -> Path:
@@ -192,12 +219,8 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
         overview=overview, large_px=max(1, settings.tile_px // 2),
         part_path=paths.mask_partial(name))
 
-    def grey(window: Window, shape: tuple[int, int]) -> np.ndarray:
-        return to_grey(*read_window(ctx.path, ctx.info, window, ctx.survey, ctx.calibration,
-                                    out_shape=shape), ctx.stretch)
-
     overlay = paths.overlay(name)
-    render_quicklook(grey, mask, overlay, settings.overlay_max_px)
+    render_quicklook(ctx.grey, mask, overlay, settings.overlay_max_px)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,

@@ -333,7 +333,8 @@ class Store:
             "                 AND (kind <> 'stitch' OR NOT EXISTS (SELECT 1 FROM tiles AS o"
             "                      WHERE o.task_id = t.task_id AND o.kind <> 'stitch'"
             "                      AND o.status <> 'done'))"
-            "                 ORDER BY rowid LIMIT :limit)"
+            # A scene's overview first: it reads the whole scene, so it must not be last.
+            "                 ORDER BY kind <> 'overview', rowid LIMIT :limit)"
             " AND status = 'queued' RETURNING *",
             {"now": now, "limit": limit},
         ) as cur:

@@ -21,3 +21,26 @@ def test_bench_quick_runs_and_writes_its_numbers(tmp_path):
     assert results["upload_memory"]["tasks"] == 1
     assert [r["images"] for r in results["scale"]] == [20, 50]
     assert "img/s of a 400 limit" in proc.stdout
+
+
+def test_bench_scene_runs_a_tiny_scene_and_writes_its_numbers(tmp_path):
+    out = tmp_path / "bench-out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "scene", "--width", "1500", "--height", "1200",
+         "--tile-px", "512", "--latency-ms", "20", "--idle-s", "0.2", "--timeout-s", "60",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "scene.json").read_text())
+    run = results["run"]
+    assert run["status"] == "done" and run["failed"] == 0 and run["done"] == 1
+    # 4 x 3 tiles of 512 overlapping by 128, and the overview.
+    assert run["tiles_total"] == run["tiles_done"] == 13
+    assert run["wall_s"] > 0 and run["ideal_s"] > 0 and run["ratio"] > 0
+    assert run["upload"]["bytes"] == results["scene"]["bytes"] > 1500 * 1200 * 2
+    memory = run["memory"]
+    assert memory["vmhwm_mib"] >= memory["idle_vmrss_mib"] > 0
+    assert set(run["stages"]) >= {"survey", "tiles", "stitch"}
+    assert run["cpu"]["server_ms_per_tile"] > 0
+    assert not list(out.glob("*.tif"))  # the scene is removed without --keep
+    assert "job wall time" in proc.stdout

@@ -280,6 +280,9 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
     negative_seen = False
     kind = scale.db_kind_for(info.dtype, calibration is not None, negative_seen=False)
     columns = np.arange(info.width, dtype=np.int32)
+    unsigned = {"uint8": 256, "uint16": 65536}.get(info.dtype)
+    raw_counts = (np.zeros(unsigned, np.int64)
+                  if unsigned is not None and calibration is None else None)
     with _open(path, info.driver) as src:
         for top in range(0, info.height, strip_rows):
             rows = min(strip_rows, info.height - top)
@@ -293,6 +296,10 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
             del edge
             usable &= columns[None, :] >= first[top:top + rows, None]
             usable &= columns[None, :] <= last[top:top + rows, None]
+            if raw_counts is not None:
+                # Integer DN: count each raw value; the dB bins are filled once at the end.
+                raw_counts += np.bincount(raw[usable].ravel(), minlength=raw_counts.size)
+                continue
             values = raw[usable].astype(np.float32)
             del raw
             if calibration is not None:
@@ -302,6 +309,9 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
             if info.dtype == "float32":
                 as_db += scale.histogram_of(scale.to_db(values, DbKind.DB))
                 negative_seen = negative_seen or bool((values < 0).any())
+    if raw_counts is not None:
+        raw_db = scale.to_db(np.arange(raw_counts.size, dtype=np.float32), kind)
+        histogram = scale.histogram_of(raw_db, weights=raw_counts)
     if negative_seen:
         kind, histogram = DbKind.DB, as_db
     valid_pixels = int(histogram.sum())
@@ -330,10 +340,11 @@ def _read(src: DatasetReader, info: SceneInfo, window: Window,
     return raw
 
 
-def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
-                calibration: Calibration | None = None, out_shape: tuple[int, int] | None = None
-                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """A window's float32 values (sigma0 if calibrated; nearest to out_shape) and valid mask."""
+def read_raw(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
+             out_shape: tuple[int, int] | None = None
+             ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """A window's raw values (nearest to out_shape) and valid mask, plus the sampled rows
+    and columns (for a calibration table)."""
     if (survey.width, survey.height) != (info.width, info.height):
         raise ValueError("the survey is of another scene")
     col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
@@ -345,7 +356,18 @@ def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
     rows = sample_positions(row_off, height, rows_n)
     cols = sample_positions(col_off, width, cols_n)
     valid = survey.valid_at(rows, cols) & _usable(raw, info.nodata)
+    return raw, valid
+
+
+def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
+                calibration: Calibration | None = None, out_shape: tuple[int, int] | None = None
+                ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """A window's float32 values (sigma0 if calibrated; nearest to out_shape) and valid mask."""
+    raw, valid = read_raw(path, info, window, survey, out_shape)
     values = raw.astype(np.float32)
     if calibration is not None:
+        col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
+        rows = sample_positions(row_off, height, raw.shape[0])
+        cols = sample_positions(col_off, width, raw.shape[1])
         values = _sigma0(values, calibration.sigma_nought_at(rows, cols))
     return values, valid

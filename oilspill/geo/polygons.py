@@ -1,0 +1,323 @@
+"""Every slick of a stitched mask as a polygon, first in scene pixels, then as a place on Earth.
+
+Outlines: the mask is read by blocks of rows and each block is polygonised by GDAL
+(rasterio.features.shapes, 8-connected, on the oil pixels), in scene pixel coordinates
+(x = column, y = row, corners of pixels). A slick that crosses a block boundary comes out in
+pieces; pieces 8-connected across the boundary row touch there (along an edge, or at a
+corner), so they are joined by geometric intersection and unioned once the slick is complete.
+Memory depends on the block and on the vertices of the slicks still open, not on the scene.
+
+Simplification: Douglas-Peucker within simplify_px (topology kept, holes too) removes the
+stair steps of the pixel edges. A part that loses over MAX_AREA_CHANGE of its area that way
+(a slick one or two pixels wide, or a few pixels in all) keeps its pixel outline instead.
+
+Places: vertices go to WGS84 lon/lat through the scene's affine transform and CRS, or through
+a thin-plate spline on its GCPs (exact at every GCP, which suits Sentinel-1's dense grid).
+Area and perimeter are geodesic on WGS84. Centroid and length are computed in one Lambert
+azimuthal equal-area projection centred on the scene's slicks (area weights stay right, and
+within 150 km of the centre distances are off by under 1e-4), then taken back to lon/lat.
+Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+import shapely
+from pyproj import CRS, Geod, Transformer
+from pyproj.enums import TransformDirection
+from rasterio.control import GroundControlPoint
+from rasterio.features import shapes
+from rasterio.transform import Affine, AffineTransformer, GCPTransformer
+from rasterio.windows import Window
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from shapely.geometry import MultiPolygon, Polygon, shape
+
+from ..masks import OIL_LEVEL
+from .stitch import GDAL_CACHE_MIB, BadMask, Georef
+
+Outline: TypeAlias = Polygon | MultiPolygon
+Coords: TypeAlias = npt.NDArray[np.float64]
+LonLat: TypeAlias = Callable[[Coords, Coords], tuple[Coords, Coords]]
+
+MAX_AREA_CHANGE = 0.1  # see the module docstring
+_WGS84 = Geod(ellps="WGS84")
+
+
+class NotLocated(ValueError):
+    """The georeference cannot place pixels on Earth (no CRS, or neither transform nor GCPs)."""
+
+
+@dataclass(frozen=True)
+class PixelSlick:
+    """One 8-connected slick of a mask, in scene pixels.
+
+    slick_id: 1..n by decreasing pixel count, ties by centroid row then column. polygon: its
+    simplified outline, x = column and y = row of pixel corners. pixels: its oil pixel count.
+    """
+
+    slick_id: int
+    polygon: Outline
+    pixels: int
+
+
+@dataclass(frozen=True)
+class Slick:
+    """One slick as a place; the located fields are None for a picture without georeference.
+
+    polygon_px: the outline in scene pixels (PixelSlick.polygon). polygon_lonlat: the same
+    vertices in WGS84 lon/lat in [-180, 180] (a slick across the antimeridian jumps there),
+    exteriors counter-clockwise and holes clockwise. area_km2, perimeter_km: geodesic, holes
+    excluded from the area and included in the perimeter. length_km: the geodesic distance
+    between the midpoints of the short sides of the outline's minimum rotated rectangle.
+    centroid_lon, centroid_lat: the area centroid (see the module docstring). pixels: oil
+    pixel count. mean_contrast_db, confidence: as the caller measured them, or None.
+    """
+
+    slick_id: int
+    polygon_px: Outline
+    pixels: int
+    polygon_lonlat: Outline | None = None
+    area_km2: float | None = None
+    perimeter_km: float | None = None
+    length_km: float | None = None
+    centroid_lon: float | None = None
+    centroid_lat: float | None = None
+    mean_contrast_db: float | None = None
+    confidence: float | None = None
+
+
+def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
+                   simplify_px: float = 1.0) -> list[PixelSlick]:
+    """The slicks of a mask file (band 1, oil >= 128, nodata never oil), read by blocks."""
+    if block_rows < 1 or simplify_px < 0:
+        raise ValueError(f"need block_rows >= 1 and simplify_px >= 0, got {block_rows}, "
+                         f"{simplify_px}")
+    joiner = _Joiner()
+    done: list[tuple[Outline, int]] = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(mask_path) as src:
+        if src.count != 1 or src.dtypes[0] != "uint8":
+            raise BadMask(f"{mask_path.name}: {src.count} band(s) of {src.dtypes[0]}; "
+                          "expected one uint8 band")
+        width, height, nodata = src.width, src.height, src.nodata
+        for top in range(0, height, block_rows):
+            rows = min(block_rows, height - top)
+            band = src.read(1, window=Window(0, top, width, rows))
+            oil = band >= OIL_LEVEL
+            if nodata is not None:
+                oil &= band != nodata
+            del band
+            # Identity but for the block's offset: coordinates are scene pixels.
+            found = shapes(oil.view(np.uint8), mask=oil, connectivity=8,
+                           transform=Affine.translation(0, top))
+            pieces = [_piece(geometry) for geometry, _ in found]
+            closed = joiner.add(pieces, top, top + rows)
+            done += [(_simplified(_union(group), simplify_px), group.pixels) for group in closed]
+    done += [(_simplified(_union(group), simplify_px), group.pixels) for group in joiner.finish()]
+
+    def order(item: tuple[Outline, int]) -> tuple[int, float, float]:
+        centroid = item[0].centroid
+        return (-item[1], centroid.y, centroid.x)
+
+    done.sort(key=order)
+    return [PixelSlick(slick_id=number, polygon=outline, pixels=pixels)
+            for number, (outline, pixels) in enumerate(done, start=1)]
+
+
+@dataclass
+class _Group:
+    """The pieces of one slick found so far, and their pixel count."""
+
+    pieces: list[Outline] = field(default_factory=list)
+    pixels: int = 0
+
+
+class _Joiner:
+    """Pieces of slicks from consecutive blocks, grouped where they touch across boundaries.
+
+    A group stays open while one of its pieces reaches the bottom of the last block; only
+    those pieces (`edge`) can touch the next block's, so only they are searched.
+    """
+
+    def __init__(self) -> None:
+        self.groups: list[_Group] = []  # the open groups
+        self.edge: list[tuple[Outline, int]] = []  # (piece on the boundary, its open group)
+
+    def add(self, pieces: list[tuple[Outline, int]], top: int, bottom: int) -> list[_Group]:
+        """Take the pieces (outline, pixels) of the block of rows [top, bottom); return the
+        groups that this block finished."""
+        old, nodes = len(self.groups), len(self.groups) + len(pieces)
+        heads = [i for i, (piece, _) in enumerate(pieces) if piece.bounds[1] == top]
+        pairs = np.zeros((2, 0), np.intp)
+        if self.edge and heads:
+            tree = shapely.STRtree([piece for piece, _ in self.edge])
+            pairs = tree.query([pieces[i][0] for i in heads], predicate="intersects")
+        # Graph nodes: 0..old-1 the open groups, old.. this block's pieces.
+        ends = (np.array([self.edge[j][1] for j in pairs[1]], np.intp),
+                np.array([old + heads[i] for i in pairs[0]], np.intp))
+        graph = coo_matrix((np.ones(len(ends[0]), np.int8), ends), shape=(nodes, nodes))
+        count, label = connected_components(graph, directed=False)
+        merged = [_Group() for _ in range(count)]
+        for node, group in enumerate(self.groups):
+            merged[label[node]].pieces += group.pieces
+            merged[label[node]].pixels += group.pixels
+        for i, (piece, pixels) in enumerate(pieces):
+            merged[label[old + i]].pieces.append(piece)
+            merged[label[old + i]].pixels += pixels
+        tails = [i for i, (piece, _) in enumerate(pieces) if piece.bounds[3] == bottom]
+        still_open = sorted({int(label[old + i]) for i in tails})
+        renumber = {number: index for index, number in enumerate(still_open)}
+        self.groups = [merged[number] for number in still_open]
+        self.edge = [(pieces[i][0], renumber[int(label[old + i])]) for i in tails]
+        return [group for number, group in enumerate(merged) if number not in renumber]
+
+    def finish(self) -> list[_Group]:
+        """The groups still open once every block is in."""
+        groups, self.groups, self.edge = self.groups, [], []
+        return groups
+
+
+def _piece(geometry: Any) -> tuple[Outline, int]:
+    """A GDAL polygon (GeoJSON-like) as a valid outline and its pixel count."""
+    polygon = shape(geometry)
+    # Pixel-edge rings: the signed-area sum is the pixel count exactly, even for GDAL's
+    # 8-connected rings that touch themselves at a corner (invalid in shapely's eyes).
+    pixels = round(polygon.area)
+    return (polygon if polygon.is_valid else _polygonal(shapely.make_valid(polygon))), pixels
+
+
+def _union(group: _Group) -> Outline:
+    return _polygonal(shapely.unary_union(group.pieces))
+
+
+def _simplified(outline: Outline, tolerance: float) -> Outline:
+    """The outline simplified within tolerance, part by part (see the module docstring)."""
+    if tolerance == 0:
+        return outline
+    parts = []
+    for part in shapely.get_parts(outline):
+        thin = part.simplify(tolerance, preserve_topology=True)
+        parts.append(thin if abs(thin.area - part.area) <= MAX_AREA_CHANGE * part.area
+                     else part)
+    result = _polygonal(parts)
+    # Parts simplified one by one may now overlap where they touched: union them.
+    return result if result.is_valid else _polygonal(shapely.make_valid(result,
+                                                                       method="structure"))
+
+
+def _polygonal(geometry: Any) -> Outline:
+    """The polygons of a geometry or of a list of them, as one Polygon or MultiPolygon."""
+    parts = [part for part in shapely.get_parts(geometry)
+             if isinstance(part, Polygon) and not part.is_empty]
+    parts += [inner for part in shapely.get_parts(geometry) if isinstance(part, MultiPolygon)
+              for inner in part.geoms]
+    return parts[0] if len(parts) == 1 else MultiPolygon(parts)
+
+
+def located(georef: Georef) -> bool:
+    """True when the georeference places pixels on Earth (to_lonlat works)."""
+    return bool((georef.gcps and georef.gcps_crs_wkt)
+                or (georef.transform is not None and georef.crs_wkt))
+
+
+def to_lonlat(georef: Georef) -> LonLat:
+    """A function from pixel (column, row) arrays, pixel corners, to WGS84 (lon, lat) arrays."""
+    if georef.gcps and georef.gcps_crs_wkt:
+        crs = CRS.from_user_input(georef.gcps_crs_wkt)
+        xs = np.array([x for _, _, x, _, _ in georef.gcps])
+        # Longitudes of a scene across the antimeridian jump by 360: fit them continuous.
+        if crs.is_geographic and xs.max() - xs.min() > 180:
+            xs = np.where(xs < 0, xs + 360, xs)
+        gcps = [GroundControlPoint(row=row, col=col, x=x, y=y, z=z)
+                for (row, col, _, y, z), x in zip(georef.gcps, xs, strict=True)]
+
+        def from_gcps(cols: Coords, rows: Coords) -> tuple[Coords, Coords]:
+            with GCPTransformer(gcps, tps=True) as spline:
+                return spline.xy(rows, cols, offset="ul")  # type: ignore[no-any-return]
+
+        return _then_wgs84(from_gcps, crs)
+    if georef.transform is not None and georef.crs_wkt:
+        affine = AffineTransformer(Affine(*georef.transform))
+
+        def from_affine(cols: Coords, rows: Coords) -> tuple[Coords, Coords]:
+            return affine.xy(rows, cols, offset="ul")  # type: ignore[no-any-return]
+
+        return _then_wgs84(from_affine, CRS.from_user_input(georef.crs_wkt))
+    raise NotLocated("the georeference has no CRS with a transform, nor GCPs with a CRS")
+
+
+def _then_wgs84(to_crs: LonLat, crs: CRS) -> LonLat:
+    """Pixels through to_crs, then from crs to WGS84 lon/lat, lon wrapped into [-180, 180]."""
+    to_wgs84 = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+    def convert(cols: Coords, rows: Coords) -> tuple[Coords, Coords]:
+        xs, ys = to_crs(np.asarray(cols, np.float64), np.asarray(rows, np.float64))
+        lon, lat = to_wgs84.transform(np.asarray(xs), np.asarray(ys))
+        lon = np.asarray(lon, np.float64)
+        outside = np.abs(lon) > 180
+        lon[outside] = (lon[outside] + 180) % 360 - 180
+        return lon, np.asarray(lat, np.float64)
+
+    return convert
+
+
+def locate(slicks: Sequence[PixelSlick], georef: Georef, *,
+           contrast_db: Mapping[int, float] | None = None,
+           confidence: Mapping[int, float] | None = None) -> list[Slick]:
+    """Slicks as places; pixel-only (located fields None) when the georeference cannot place
+    them. contrast_db and confidence map slick_id to the caller's measures."""
+    contrast_db, confidence = contrast_db or {}, confidence or {}
+    if not slicks or not located(georef):
+        return [Slick(slick_id=s.slick_id, polygon_px=s.polygon, pixels=s.pixels,
+                      mean_contrast_db=contrast_db.get(s.slick_id),
+                      confidence=confidence.get(s.slick_id)) for s in slicks]
+    convert = to_lonlat(georef)
+    # All vertices of all slicks in one call: one GCP spline fit per scene, not per slick.
+    outlines = shapely.transform(np.array([s.polygon for s in slicks], object),
+                                 lambda xy: np.column_stack(convert(xy[:, 0], xy[:, 1])))
+    left, top, right, bottom = shapely.total_bounds([s.polygon for s in slicks])
+    lon0, lat0 = convert(np.array([(left + right) / 2]), np.array([(top + bottom) / 2]))
+    laea = Transformer.from_crs("EPSG:4326", CRS.from_proj4(
+        f"+proj=laea +lat_0={lat0[0]} +lon_0={lon0[0]} +datum=WGS84 +units=m"), always_xy=True)
+    places = []
+    for s, lonlat in zip(slicks, outlines, strict=True):
+        lonlat = shapely.orient_polygons(lonlat)
+        area_m2, perimeter_m = _WGS84.geometry_area_perimeter(lonlat)
+        metric = shapely.transform(lonlat, lambda xy: np.column_stack(
+            laea.transform(xy[:, 0], xy[:, 1])))
+        centroid = metric.centroid
+        lon, lat = laea.transform(centroid.x, centroid.y, direction=TransformDirection.INVERSE)
+        places.append(Slick(
+            slick_id=s.slick_id, polygon_px=s.polygon, pixels=s.pixels, polygon_lonlat=lonlat,
+            area_km2=abs(area_m2) / 1e6, perimeter_km=perimeter_m / 1e3,
+            length_km=_length_m(metric, laea) / 1e3, centroid_lon=lon, centroid_lat=lat,
+            mean_contrast_db=contrast_db.get(s.slick_id), confidence=confidence.get(s.slick_id)))
+    return places
+
+
+def _length_m(metric: Outline, laea: Transformer) -> float:
+    """Geodesic length between the short sides' midpoints of the minimum rotated rectangle."""
+    corners = shapely.get_coordinates(shapely.oriented_envelope(metric))[:4]
+    if len(corners) < 4:  # a degenerate envelope (a line): its ends
+        ends = corners[[0, -1]]
+    else:
+        # Sides 0-1 and 2-3 face each other, as do 1-2 and 3-0; the short pair's midpoints.
+        first = np.hypot(*(corners[1] - corners[0])) <= np.hypot(*(corners[2] - corners[1]))
+        ends = ((corners[[0, 2]] + corners[[1, 3]]) / 2 if first
+                else (corners[[1, 3]] + corners[[2, 0]]) / 2)
+    lon, lat = laea.transform(ends[:, 0], ends[:, 1], direction=TransformDirection.INVERSE)
+    return float(_WGS84.inv(lon[0], lat[0], lon[1], lat[1])[2])
+
+
+def places(mask_path: Path, georef: Georef, *, block_rows: int = 1024,
+           simplify_px: float = 1.0) -> list[Slick]:
+    """The slicks of a mask file as places (pixel-only without a usable georeference)."""
+    return locate(slick_polygons(mask_path, block_rows=block_rows, simplify_px=simplify_px),
+                  georef)
