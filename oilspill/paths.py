@@ -107,6 +107,15 @@ class JobPaths:
     def survey(self, seq: int) -> Path:
         return self.scene_work(seq) / "survey.npz"
 
+    def scene_draft(self, seq: int) -> Path:
+        """The stitched mask while a scene's tiles arrive (each tile's core written as the
+        tile is done); rebuilt by a process that did not write it."""
+        return self.scene_work(seq) / "mask-draft.tif"
+
+    def overview_grey(self, seq: int) -> Path:
+        """The scene brought down to one tile as it was sent: the quick-look's picture."""
+        return self.scene_work(seq) / "overview.png"
+
     def tile_mask(self, seq: int, idx: int) -> Path:
         """The ML service's mask of one unit (tile or overview) of a scene."""
         return self.scene_work(seq) / f"{idx:06d}.png"

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,7 @@ from .geo.scene import (
     read_window,
     survey_scene,
 )
-from .geo.stitch import Georef, MaskStats, stitch_mask
+from .geo.stitch import Georef, MaskStats, create_draft, finish_mask, write_core
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, is_mask
@@ -78,7 +80,21 @@ class SceneContext:
     survey: Survey
     stretch: Stretch
     calibration: Calibration | None
-    grey_table: np.ndarray | None = None
+    grey_table: np.ndarray | None
+    draft: Path
+    # The tiles whose cores this process wrote into the draft; one writer at a time.
+    written: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def valid(self, window: Window) -> np.ndarray:
+        return self.survey.valid_mask(window)
+
+    def write_core(self, unit: TileUnit, mask: Path) -> None:
+        """Put a done tile's core into the draft of the stitched mask."""
+        tile = Tile(unit.idx, *unit.window, *unit.core)
+        with self.lock:
+            write_core(self.draft, self.info.width, self.info.height, tile, mask, self.valid)
+            self.written.add(unit.idx)
 
     def grey(self, window: tuple[int, int, int, int] | Window,
              shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -127,7 +143,10 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
             partial.unlink(missing_ok=True)
     stretch = Stretch.from_survey(survey)
     table = stretch.grey_table(info.dtype) if calibration is None else None
-    return SceneContext(image, info, survey, stretch, calibration, table)
+    # A draft left by another process holds unknown tiles: start it afresh.
+    draft = paths.scene_draft(task.seq)
+    create_draft(draft, info.width, info.height, _georef(info))
+    return SceneContext(image, info, survey, stretch, calibration, table, draft)
 
 
 def unit_shape(unit: TileUnit) -> tuple[int, int]:
@@ -149,9 +168,12 @@ def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
     return grey_png(grey)
 
 
-def keep_unit_mask(answer: bytes | Path | None, paths: JobPaths, unit: TileUnit) -> Path:
+def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes | None,
+                   paths: JobPaths, unit: TileUnit) -> Path:
     """Check the ML service's answer is a mask of the unit's size and keep it (written whole,
-    then renamed); None means no call was made: an empty mask. Raises UnreadableImage."""
+    then renamed); None means no call was made: an empty mask. A tile's core goes into the
+    stitched mask's draft at once; the overview's picture is kept for the quick-look.
+    Raises UnreadableImage."""
     width, height = unit_shape(unit)
     target = paths.tile_mask(unit.task.seq, unit.idx)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +195,10 @@ def keep_unit_mask(answer: bytes | Path | None, paths: JobPaths, unit: TileUnit)
         partial.unlink(missing_ok=True)
         if isinstance(answer, Path):
             answer.unlink(missing_ok=True)
+    if unit.kind is UnitKind.TILE:
+        ctx.write_core(unit, target)
+    elif sent is not None:
+        paths.overview_grey(unit.task.seq).write_bytes(sent)
     return target
 
 
@@ -204,29 +230,45 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     """Stitch the units' masks into the scene's mask (a COG with its georeference), count
     its slicks over the valid area, draw its quick-look; returns the outcome and the files
     written (to make durable)."""
-    tiles = [(Tile(u.idx, *u.window, *u.core), paths.tile_mask(task.seq, u.idx))
-             for u in units if u.kind is UnitKind.TILE]
+    tiles = [u for u in units if u.kind is UnitKind.TILE]
+    for unit in tiles:  # those another process did (before a restart)
+        if unit.idx not in ctx.written:
+            ctx.write_core(unit, paths.tile_mask(task.seq, unit.idx))
     overviews = [u for u in units if u.kind is UnitKind.OVERVIEW]
     overview = paths.tile_mask(task.seq, overviews[0].idx) if overviews else None
     name = result_name(task.seq, MASK_EXTENSION)
     mask = paths.result(ResultKind.MASK, name)
-
-    def valid(window: Window) -> np.ndarray:
-        return ctx.survey.valid_mask(window)
-
-    stats: MaskStats = stitch_mask(
-        mask, ctx.info.width, ctx.info.height, tiles, valid=valid, georef=_georef(ctx.info),
-        overview=overview, large_px=max(1, settings.tile_px // 2),
-        part_path=paths.mask_partial(name))
-
+    stats: MaskStats = finish_mask(ctx.draft, mask, overview=overview,
+                                   large_px=max(1, settings.tile_px // 2),
+                                   part_path=paths.mask_partial(name))
     overlay = paths.overlay(name)
-    render_quicklook(ctx.grey, mask, overlay, settings.overlay_max_px)
+    picture = paths.overview_grey(task.seq)
+    reader = (_overview_reader(picture, ctx.info.width, ctx.info.height)
+              if picture.is_file() and settings.overlay_max_px <= settings.tile_px else ctx.grey)
+    render_quicklook(reader, mask, overlay, settings.overlay_max_px)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,
         slick_count=stats.slick_count, largest_slick_px=stats.largest_slick_px,
         scene=_scene_summary(ctx, len(tiles)))
     return outcome, [mask, overlay]
+
+
+def _overview_reader(picture: Path, width: int, height: int
+                     ) -> Callable[[Window, tuple[int, int]], np.ndarray]:
+    """A scene reader from the overview's picture, for a quick-look no larger than it: the
+    scene is not read a second time."""
+    with Image.open(picture) as image:
+        grey = np.asarray(image.convert("L"))
+    small_h, small_w = grey.shape
+
+    def read(window: Window, shape: tuple[int, int]) -> np.ndarray:
+        rows = ((np.arange(shape[0]) + 0.5) * window.height / shape[0] + window.row_off)
+        cols = ((np.arange(shape[1]) + 0.5) * window.width / shape[1] + window.col_off)
+        r = np.minimum((rows * small_h / height).astype(np.intp), small_h - 1)
+        c = np.minimum((cols * small_w / width).astype(np.intp), small_w - 1)
+        return np.asarray(grey[r][:, c])
+    return read
 
 
 def drop_work(paths: JobPaths, seq: int) -> None:

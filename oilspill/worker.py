@@ -301,7 +301,8 @@ class WorkerPool:
                 self._gate.record_success()
             else:
                 self._called.add(unit.key)
-            kept = await asyncio.to_thread(keep_unit_mask, answer, paths, unit)
+            sent = body if unit.kind is UnitKind.OVERVIEW else None
+            kept = await asyncio.to_thread(keep_unit_mask, ctx, answer, sent, paths, unit)
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()

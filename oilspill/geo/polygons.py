@@ -48,6 +48,7 @@ Coords: TypeAlias = npt.NDArray[np.float64]
 LonLat: TypeAlias = Callable[[Coords, Coords], tuple[Coords, Coords]]
 
 MAX_AREA_CHANGE = 0.1  # see the module docstring
+RUN_GAP_PX = 64  # closer runs of oil columns are polygonised together: fewer GDAL calls
 _WGS84 = Geod(ellps="WGS84")
 
 
@@ -114,13 +115,9 @@ def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
             if nodata is not None:
                 oil &= band != nodata
             del band
-            # Identity but for the block's offset: coordinates are scene pixels.
-            found = shapes(oil.view(np.uint8), mask=oil, connectivity=8,
-                           transform=Affine.translation(0, top))
-            pieces = [_piece(geometry) for geometry, _ in found]
-            closed = joiner.add(pieces, top, top + rows)
-            done += [(_simplified(_union(group), simplify_px), group.pixels) for group in closed]
-    done += [(_simplified(_union(group), simplify_px), group.pixels) for group in joiner.finish()]
+            closed = joiner.add([_piece(g) for g in _outlines(oil, top)], top, top + rows)
+            done += [_finished(group, simplify_px) for group in closed]
+    done += [_finished(group, simplify_px) for group in joiner.groups]  # reached the end
 
     def order(item: tuple[Outline, int]) -> tuple[int, float, float]:
         centroid = item[0].centroid
@@ -129,6 +126,24 @@ def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
     done.sort(key=order)
     return [PixelSlick(slick_id=number, polygon=outline, pixels=pixels)
             for number, (outline, pixels) in enumerate(done, start=1)]
+
+
+def _outlines(oil: npt.NDArray[np.bool_], top: int) -> list[Any]:
+    """GDAL's 8-connected polygons (GeoJSON-like) of a block's oil, in scene pixels."""
+    # GDAL scans every pixel it is given, and most are sea: it is given only runs of columns
+    # with oil, cropped to their rows. Oil apart by an empty column is never 8-connected.
+    columns = np.flatnonzero(oil.any(axis=0))
+    breaks = np.flatnonzero(np.diff(columns) > RUN_GAP_PX)
+    found = []
+    for first, last in zip([*columns[:1], *columns[breaks + 1]], [*columns[breaks],
+                                                                  *columns[-1:]], strict=True):
+        rows = np.flatnonzero(oil[:, first:last + 1].any(axis=1))
+        run = np.ascontiguousarray(oil[rows[0]:rows[-1] + 1, first:last + 1])
+        # Identity but for the run's offset: coordinates are scene pixels.
+        found += [geometry for geometry, _ in shapes(
+            run.view(np.uint8), mask=run, connectivity=8,
+            transform=Affine.translation(int(first), top + int(rows[0])))]
+    return found
 
 
 @dataclass
@@ -178,11 +193,6 @@ class _Joiner:
         self.edge = [(pieces[i][0], renumber[int(label[old + i])]) for i in tails]
         return [group for number, group in enumerate(merged) if number not in renumber]
 
-    def finish(self) -> list[_Group]:
-        """The groups still open once every block is in."""
-        groups, self.groups, self.edge = self.groups, [], []
-        return groups
-
 
 def _piece(geometry: Any) -> tuple[Outline, int]:
     """A GDAL polygon (GeoJSON-like) as a valid outline and its pixel count."""
@@ -193,14 +203,12 @@ def _piece(geometry: Any) -> tuple[Outline, int]:
     return (polygon if polygon.is_valid else _polygonal(shapely.make_valid(polygon))), pixels
 
 
-def _union(group: _Group) -> Outline:
-    return _polygonal(shapely.unary_union(group.pieces))
-
-
-def _simplified(outline: Outline, tolerance: float) -> Outline:
-    """The outline simplified within tolerance, part by part (see the module docstring)."""
+def _finished(group: _Group, tolerance: float) -> tuple[Outline, int]:
+    """A complete slick's outline, simplified within tolerance (see the module docstring),
+    and its pixel count."""
+    outline = _polygonal(shapely.unary_union(group.pieces))
     if tolerance == 0:
-        return outline
+        return outline, group.pixels
     parts = []
     for part in shapely.get_parts(outline):
         thin = part.simplify(tolerance, preserve_topology=True)
@@ -208,8 +216,9 @@ def _simplified(outline: Outline, tolerance: float) -> Outline:
                      else part)
     result = _polygonal(parts)
     # Parts simplified one by one may now overlap where they touched: union them.
-    return result if result.is_valid else _polygonal(shapely.make_valid(result,
-                                                                       method="structure"))
+    if not result.is_valid:
+        result = _polygonal(shapely.make_valid(result, method="structure"))
+    return result, group.pixels
 
 
 def _polygonal(geometry: Any) -> Outline:
@@ -245,11 +254,8 @@ def to_lonlat(georef: Georef) -> LonLat:
         return _then_wgs84(from_gcps, crs)
     if georef.transform is not None and georef.crs_wkt:
         affine = AffineTransformer(Affine(*georef.transform))
-
-        def from_affine(cols: Coords, rows: Coords) -> tuple[Coords, Coords]:
-            return affine.xy(rows, cols, offset="ul")  # type: ignore[no-any-return]
-
-        return _then_wgs84(from_affine, CRS.from_user_input(georef.crs_wkt))
+        return _then_wgs84(lambda cols, rows: affine.xy(rows, cols, offset="ul"),
+                           CRS.from_user_input(georef.crs_wkt))
     raise NotLocated("the georeference has no CRS with a transform, nor GCPs with a CRS")
 
 
@@ -286,32 +292,32 @@ def locate(slicks: Sequence[PixelSlick], georef: Georef, *,
     lon0, lat0 = convert(np.array([(left + right) / 2]), np.array([(top + bottom) / 2]))
     laea = Transformer.from_crs("EPSG:4326", CRS.from_proj4(
         f"+proj=laea +lat_0={lat0[0]} +lon_0={lon0[0]} +datum=WGS84 +units=m"), always_xy=True)
-    places = []
+    out = []
     for s, lonlat in zip(slicks, outlines, strict=True):
         lonlat = shapely.orient_polygons(lonlat)
-        area_m2, perimeter_m = _WGS84.geometry_area_perimeter(lonlat)
+        area_m2 = _WGS84.geometry_area_perimeter(lonlat)[0]
+        # geometry_area_perimeter's perimeter leaves the holes out; the boundary has them.
+        perimeter_m = _WGS84.geometry_length(lonlat.boundary)
         metric = shapely.transform(lonlat, lambda xy: np.column_stack(
             laea.transform(xy[:, 0], xy[:, 1])))
         centroid = metric.centroid
         lon, lat = laea.transform(centroid.x, centroid.y, direction=TransformDirection.INVERSE)
-        places.append(Slick(
+        out.append(Slick(
             slick_id=s.slick_id, polygon_px=s.polygon, pixels=s.pixels, polygon_lonlat=lonlat,
             area_km2=abs(area_m2) / 1e6, perimeter_km=perimeter_m / 1e3,
             length_km=_length_m(metric, laea) / 1e3, centroid_lon=lon, centroid_lat=lat,
             mean_contrast_db=contrast_db.get(s.slick_id), confidence=confidence.get(s.slick_id)))
-    return places
+    return out
 
 
 def _length_m(metric: Outline, laea: Transformer) -> float:
     """Geodesic length between the short sides' midpoints of the minimum rotated rectangle."""
+    # An outline has an area (see _finished), so its envelope is a rectangle, not a line.
     corners = shapely.get_coordinates(shapely.oriented_envelope(metric))[:4]
-    if len(corners) < 4:  # a degenerate envelope (a line): its ends
-        ends = corners[[0, -1]]
-    else:
-        # Sides 0-1 and 2-3 face each other, as do 1-2 and 3-0; the short pair's midpoints.
-        first = np.hypot(*(corners[1] - corners[0])) <= np.hypot(*(corners[2] - corners[1]))
-        ends = ((corners[[0, 2]] + corners[[1, 3]]) / 2 if first
-                else (corners[[1, 3]] + corners[[2, 0]]) / 2)
+    # Sides 0-1 and 2-3 face each other, as do 1-2 and 3-0: the short pair's midpoints.
+    first = np.hypot(*(corners[1] - corners[0])) <= np.hypot(*(corners[2] - corners[1]))
+    ends = ((corners[[0, 2]] + corners[[1, 3]]) / 2 if first
+            else (corners[[1, 3]] + corners[[2, 0]]) / 2)
     lon, lat = laea.transform(ends[:, 0], ends[:, 1], direction=TransformDirection.INVERSE)
     return float(_WGS84.inv(lon[0], lat[0], lon[1], lat[1])[2])
 

@@ -113,42 +113,87 @@ def stitch_mask(out_path: Path, width: int, height: int, tiles: Sequence[tuple[T
                 large_px: int = 0, part_path: Path | None = None,
                 strip_rows: int = STRIP_ROWS) -> MaskStats:
     """Write the scene's mask from its tiles' masks as a COG at out_path (atomically)."""
-    if overview is not None and large_px < 1:
-        raise ValueError("an overview mask needs large_px >= 1")
-    part = part_path or partial_beside(out_path)
-    # The COG driver only copies a finished dataset: it is first built here, window by window.
     draft = partial_beside(out_path, "draft")
+    try:
+        create_draft(draft, width, height, georef)
+        for tile, mask_png in tiles:
+            write_core(draft, width, height, tile, mask_png, valid)
+        return finish_mask(draft, out_path, overview=overview, large_px=large_px,
+                           part_path=part_path, strip_rows=strip_rows)
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def create_draft(draft: Path, width: int, height: int, georef: Georef | None) -> None:
+    """An empty mask to fill tile by tile (the COG driver only copies a finished dataset).
+
+    Uncompressed: it lives for the scene's processing only, and each tile's core is
+    written as soon as the tile is done, so the work is spread over the scene's tiles.
+    Unwritten blocks read back as nodata: a pixel no tile answered is not sea.
+    """
     georef = georef or Georef()
     profile: dict[str, Any] = {
         "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
         "nodata": NODATA, "tiled": True, "blockxsize": 512, "blockysize": 512,
-        # Fast compression: this copy lives for seconds, and masks shrink a lot even so.
-        "compress": "deflate", "zlevel": 1,
+        "sparse_ok": True, "bigtiff": "IF_SAFER",
     }
     if georef.transform is not None:
         profile["transform"] = Affine(*georef.transform)
         profile["crs"] = CRS.from_user_input(georef.crs_wkt) if georef.crs_wkt else None
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(draft, "w", **profile) as dst:
+        if georef.gcps:
+            crs = CRS.from_user_input(georef.gcps_crs_wkt) if georef.gcps_crs_wkt else None
+            dst.gcps = ([GroundControlPoint(row=r, col=c, x=x, y=y, z=z)
+                         for r, c, x, y, z in georef.gcps], crs)
+
+
+def write_core(draft: Path, width: int, height: int, tile: Tile, mask_png: Path,
+               valid: Callable[[Window], np.ndarray] | None) -> None:
+    """Write one tile's core into the draft (callers serialise writes to one draft)."""
+    core = _core(tile, mask_png, width, height, valid, None)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(draft, "r+") as dst:
+        dst.write(core, 1, window=tile.core_window)
+
+
+def finish_mask(draft: Path, out_path: Path, *, overview: Path | None, large_px: int,
+                part_path: Path | None = None, strip_rows: int = STRIP_ROWS) -> MaskStats:
+    """Add the overview's large slicks to the filled draft, count, and copy it to out_path
+    as a COG (atomically); the draft is left for the caller to remove."""
+    if overview is not None and large_px < 1:
+        raise ValueError("an overview mask needs large_px >= 1")
+    part = part_path or partial_beside(out_path)
     try:
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
-            large = (None if overview is None
-                     else _large_components(overview, width, height, large_px))
-            with rasterio.open(draft, "w", **profile) as dst:
-                if georef.gcps:
-                    crs = CRS.from_user_input(georef.gcps_crs_wkt) if georef.gcps_crs_wkt else None
-                    dst.gcps = ([GroundControlPoint(row=r, col=c, x=x, y=y, z=z)
-                                 for r, c, x, y, z in georef.gcps], crs)
-                # Unwritten blocks read back as nodata: a pixel no tile answered is not sea.
-                for tile, mask_png in tiles:
-                    dst.write(_core(tile, mask_png, width, height, valid, large), 1,
-                              window=tile.core_window)
+            if overview is not None:
+                _add_large(draft, _large_components(overview, *_size(draft), large_px))
             stats = mask_stats(draft, strip_rows)
             rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
                                  OVERVIEW_RESAMPLING="NEAREST")
         os.replace(part, out_path)
     finally:
-        draft.unlink(missing_ok=True)
         part.unlink(missing_ok=True)
     return stats
+
+
+def _size(path: Path) -> tuple[int, int]:
+    with rasterio.open(path) as src:
+        return src.width, src.height
+
+
+def _add_large(draft: Path, large: np.ndarray, strip_rows: int = 512) -> None:
+    """OR the overview's large slicks into the draft's valid pixels, strip by strip."""
+    if not large.any():
+        return
+    with rasterio.open(draft, "r+") as dst:
+        width, height = dst.width, dst.height
+        for top in range(0, height, strip_rows):
+            window = Window(0, top, width, min(strip_rows, height - top))
+            add = _upsample(large, window, width, height)
+            if not add.any():
+                continue
+            band = dst.read(1, window=window)
+            band[add & (band != NODATA)] = OIL
+            dst.write(band, 1, window=window)
 
 
 def _core(tile: Tile, mask_png: Path, width: int, height: int,
