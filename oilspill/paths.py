@@ -17,9 +17,9 @@ ARCHIVE_PREFIX = "oilspill-results-"
 PARTIAL_SUFFIX = ".part"
 # Partial files that a crashed process may leave, relative to the jobs folder: the upload
 # and the result zip in a job's folder, and hidden ones in its result folders.
-PARTIAL_GLOBS = (f"*/*{PARTIAL_SUFFIX}", f"*/masks/.*{PARTIAL_SUFFIX}",
+PARTIAL_GLOBS = (f"*/*{PARTIAL_SUFFIX}", f"*/.*{PARTIAL_SUFFIX}", f"*/masks/.*{PARTIAL_SUFFIX}",
                  f"*/results/.*{PARTIAL_SUFFIX}", f"*/overlays/.*{PARTIAL_SUFFIX}",
-                 f"*/scenes/*/.*{PARTIAL_SUFFIX}")
+                 f"*/spills/.*{PARTIAL_SUFFIX}", f"*/scenes/*/.*{PARTIAL_SUFFIX}")
 _ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
                            r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
 
@@ -93,7 +93,20 @@ class JobPaths:
     @property
     def result_folders(self) -> tuple[Path, ...]:
         """The folders a worker writes into, made with the job."""
-        return self.masks, self.results, self.overlays, self.scenes
+        return self.masks, self.results, self.overlays, self.scenes, self.spills_dir
+
+    @property
+    def spills_dir(self) -> Path:
+        """Each done mask's slicks as GeoJSON, by task seq."""
+        return self.root / "spills"
+
+    def spills(self, seq: int) -> Path:
+        return self.spills_dir / f"{seq:06d}.geojson"
+
+    @property
+    def job_spills(self) -> Path:
+        """The job's GeoJSON: every image's slicks, built once."""
+        return self.root / "spills.geojson"
 
     @property
     def scenes(self) -> Path:

@@ -17,13 +17,15 @@ from pathlib import Path, PurePosixPath
 from .jobs import ResultKind, Task
 from .masks import ensure_overlay
 from .paths import JobPaths, archive_name
+from .spills import build_job_spills, ensure_task_spills
 from .store import Store
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FIELDS = ("filename", "status", "width", "height", "oil_fraction", "oil_pixels",
-                  "slick_count", "largest_slick_px", "result", "overlay", "error", "tiles",
-                  "crs", "db_kind", "scale_low_db", "scale_high_db")
+                  "slick_count", "largest_slick_px", "result", "overlay", "spills", "error",
+                  "tiles", "crs", "bounds", "total_area_km2", "largest_slick_km2",
+                  "largest_slick_centroid", "db_kind", "scale_low_db", "scale_high_db")
 
 README_TXT = """\
 oilspill results
@@ -56,7 +58,18 @@ summary.json            filename           the image's path in the upload
                                            for a scene: the one scale its tiles were sent
                                            to the ML service on (dB of sigma0, amplitude
                                            or intensity, 1st and 99th percentile -> 0, 255)
+                        spills             its slicks' GeoJSON in this zip
+                        bounds             for a scene: west, south, east, north (degrees)
+                        total_area_km2, largest_slick_km2
+                                           for a georeferenced scene: geodesic areas
+                        largest_slick_centroid
+                                           its centre: latitude, longitude (degrees)
 For a scene, oil_fraction is over its valid area (the border and nodata are not sea).
+spills/<image>.geojson  every slick of an image as RFC 7946 GeoJSON (lon/lat, WGS84) with
+                      slick_id, area_km2, perimeter_km, length_km, centroid_lon/lat,
+                      pixels, mean_contrast_db, confidence; pictures without georeference
+                      in pixel coordinates ("coordinates": "pixel", areas null).
+spills.geojson        every slick of the job in one file (opens in QGIS as it is).
 """
 
 
@@ -87,6 +100,18 @@ def _entries(task: Task, stem: str | None) -> tuple[str | None, str | None]:
     return f"results/{stem}{PurePosixPath(task.result_name).suffix}", None
 
 
+def _spills_entry(task: Task, stem: str | None) -> str | None:
+    """The task's GeoJSON in the zip: a mask's slicks."""
+    if stem is None or task.result_kind is not ResultKind.MASK:
+        return None
+    return f"spills/{stem}.geojson"
+
+
+def _csv_value(value: object) -> object:
+    """Lists (bounds, a centroid) as space-separated numbers in the CSV."""
+    return " ".join(str(v) for v in value) if isinstance(value, list) else value
+
+
 def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for t in tasks:
@@ -97,8 +122,11 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str,
             "filename": t.filename, "status": t.status.value, "width": t.width,
             "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
             "slick_count": t.slick_count, "largest_slick_px": t.largest_slick_px,
-            "result": result, "overlay": overlay, "error": t.error,
-            "tiles": scene.get("tiles"), "crs": scene.get("crs"),
+            "result": result, "overlay": overlay, "spills": _spills_entry(t, stems.get(t.id)),
+            "error": t.error, "tiles": scene.get("tiles"), "crs": scene.get("crs"),
+            "bounds": scene.get("bounds_lonlat"), "total_area_km2": scene.get("total_area_km2"),
+            "largest_slick_km2": scene.get("largest_slick_km2"),
+            "largest_slick_centroid": scene.get("largest_slick_centroid"),
             "db_kind": scale.get("db_kind"), "scale_low_db": scale.get("low_db"),
             "scale_high_db": scale.get("high_db"),
         })
@@ -120,16 +148,19 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int
             # PNG and JPEG are compressed already: store them as they are.
             zf.write(paths.result(task.result_kind, task.result_name), result,
                      compress_type=zipfile.ZIP_STORED)
-            if overlay:
+            if overlay and not (task.tiled and not paths.overlay(task.result_name).is_file()):
                 drawn = ensure_overlay(paths.image(task.stored_name),
                                        paths.result(task.result_kind, task.result_name),
                                        paths.overlay(task.result_name),
                                        paths.overlay_partial(task.result_name), overlay_max_px)
                 zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
+            if spills := _spills_entry(task, stems.get(task.id)):
+                zf.write(ensure_task_spills(paths, task), spills)
+        zf.write(build_job_spills(paths, tasks), "spills.geojson")
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
         zf.writestr("summary.csv", text.getvalue())
         zf.writestr("summary.json", json.dumps(rows, indent=1))
     with open(partial, "rb+") as fh:
@@ -153,6 +184,26 @@ class ResultArchives:
         self._jobs_dir = jobs_dir
         self._overlay_max_px = overlay_max_px
         self._locks: dict[str, asyncio.Lock] = {}
+
+    async def ensure_spills(self, job_id: str) -> Path:
+        """The finished job's GeoJSON, built once. Raises JobNotFinished."""
+        job = await self._store.get_job(job_id)
+        if not job.finished:
+            raise JobNotFinished(job_id)
+        paths = JobPaths(self._jobs_dir, job_id)
+        if paths.job_spills.is_file():
+            return paths.job_spills
+        lock = self._locks.setdefault(f"{job_id}/spills", asyncio.Lock())
+        try:
+            async with lock:
+                if not paths.job_spills.is_file():
+                    tasks = await self._store.list_tasks(job_id)
+                    await asyncio.to_thread(build_job_spills, paths, tasks)
+                    logger.info("job %s: spills GeoJSON built (%d tasks)", job_id, len(tasks))
+                return paths.job_spills
+        finally:
+            if not lock.locked():
+                self._locks.pop(f"{job_id}/spills", None)
 
     async def ensure(self, job_id: str) -> str:
         """The result zip's file name, building it first if needed. Raises JobNotFinished."""

@@ -46,6 +46,7 @@ from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, is_mask
 from .paths import JobPaths, result_name
+from .spills import scene_spills
 
 MASK_EXTENSION = ".tif"
 
@@ -246,12 +247,15 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     reader = (_overview_reader(picture, ctx.info.width, ctx.info.height)
               if picture.is_file() and settings.overlay_max_px <= settings.tile_px else ctx.grey)
     render_quicklook(reader, mask, overlay, settings.overlay_max_px)
+    spills = paths.spills(task.seq)
+    figures = scene_spills(mask, _georef(ctx.info), ctx.info.width, ctx.info.height,
+                           task.filename, reader, ctx.stretch, spills)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,
         slick_count=stats.slick_count, largest_slick_px=stats.largest_slick_px,
-        scene=_scene_summary(ctx, len(tiles)))
-    return outcome, [mask, overlay]
+        scene={**_scene_summary(ctx, len(tiles)), **figures})
+    return outcome, [mask, overlay, spills]
 
 
 def _overview_reader(picture: Path, width: int, height: int

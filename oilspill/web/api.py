@@ -15,9 +15,11 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http import HttpProcessingError
 
+from ..geo.stitch import BadMask
 from ..jobs import Job, ResultKind, Task, TaskStatus
 from ..masks import UnreadableImage, ensure_overlay
 from ..paths import JobPaths, is_id, job_id_of_archive
+from ..spills import ensure_task_spills
 from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi
 from .middlewares import ApiError, iso_utc
@@ -28,6 +30,7 @@ CHUNK_BYTES = 256 * 1024
 TASKS_PAGE = 500
 TASKS_PAGE_MAX = 1000
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
+GEOJSON = "application/geo+json"
 # Multipart framing around the file part; a Content-Length beyond limit + this is refused
 # before a byte of the body is read.
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -61,6 +64,12 @@ def task_body(task: Task) -> dict[str, Any]:
             "overlay_url": f"/api/task/{task.id}/overlay" if task.has_overlay else None,
             "picture_url": link if task.result_kind is ResultKind.PICTURE else None,
         }
+        scene = task.scene or {}
+        mask = task.result_kind is ResultKind.MASK
+        result.update({
+            "crs": scene.get("crs"), "bounds_lonlat": scene.get("bounds_lonlat"),
+            "total_area_km2": scene.get("total_area_km2"),
+            "spills_url": f"/api/task/{task.id}/spills.geojson" if mask else None})
         if task.scene:
             result["scene"] = task.scene
     return {"task_id": task.id, "job_id": task.job_id, "filename": task.filename,
@@ -187,6 +196,28 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
     except (OSError, UnreadableImage) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no overlay") from exc
     return web.FileResponse(overlay)
+
+
+async def get_task_spills(request: web.Request) -> web.FileResponse:
+    """GET /api/task/{task_id}/spills.geojson: a done mask's slicks (RFC 7946 GeoJSON)."""
+    task = await load_task(request)
+    if task.result_kind is not ResultKind.MASK:
+        raise ApiError(404, "not_found", f"task {task.id} has no mask, so no slicks")
+    paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
+    try:
+        path = await asyncio.to_thread(ensure_task_spills, paths, task)
+    except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
+        raise ApiError(404, "not_found", f"task {task.id} has no slicks file") from exc
+    return web.FileResponse(path, headers={"Content-Type": GEOJSON})
+
+
+async def get_job_spills(request: web.Request) -> web.FileResponse:
+    """GET /api/job/{job_id}/spills.geojson: every slick of a finished job, built once."""
+    job = await load_job(request)
+    path = await request.app[keys.ARCHIVES].ensure_spills(job.id)
+    return web.FileResponse(path, headers={
+        "Content-Type": GEOJSON,
+        "Content-Disposition": f'attachment; filename="oilspill-spills-{job.id}.geojson"'})
 
 
 async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse:

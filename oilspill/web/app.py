@@ -163,6 +163,8 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/api/task/{task_id}/mask", api.get_mask)
     app.router.add_get("/api/task/{task_id}/picture", api.get_picture)
     app.router.add_get("/api/task/{task_id}/overlay", api.get_overlay)
+    app.router.add_get("/api/task/{task_id}/spills.geojson", api.get_task_spills)
+    app.router.add_get("/api/job/{job_id}/spills.geojson", api.get_job_spills)
     app.router.add_get("/api/job/{job_id}", api.get_job)
     app.router.add_delete("/api/job/{job_id}", api.delete_job)
     app.router.add_get("/api/archive/{job_id}", api.get_archive)

@@ -1,0 +1,129 @@
+"""Where the oil is: each done mask's slicks as RFC 7946 GeoJSON, and the job's file.
+
+A scene's file is written when it is stitched, in WGS84 lon/lat from its georeference (a
+scene without one keeps pixel coordinates). A plain picture's file is made on first use, in
+pixel coordinates. A job's file is the union of its images' features, built once and kept,
+like the result zip: the lon/lat features of its georeferenced images, or, when none is
+georeferenced, every picture's features in pixels.
+
+Blocking: run in a thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.features import rasterize
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from .geo.geojson import PIXEL, feature_collection, merge_collections, write_geojson
+from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to_lonlat
+from .geo.scale import Stretch
+from .geo.stitch import Georef
+from .jobs import ResultKind, Task
+from .paths import JobPaths
+
+Reader = Callable[[Window, tuple[int, int]], np.ndarray]
+CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
+
+
+def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
+                 grey: Reader, stretch: Stretch, out: Path) -> dict[str, Any]:
+    """Write a scene's slicks as GeoJSON at `out`; returns the figures for its summary."""
+    pixel_slicks = slick_polygons(mask)
+    contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
+    slicks = locate(pixel_slicks, georef, contrast_db=contrast)
+    placed = located(georef)
+    write_geojson(out, feature_collection(slicks, image=image, pixel=not placed))
+    figures = _figures(slicks)
+    figures["bounds_lonlat"] = _bounds(georef, width, height) if placed else None
+    return figures
+
+
+def ensure_task_spills(paths: JobPaths, task: Task) -> Path:
+    """A done task's GeoJSON: a scene's (written when stitched), or a plain mask's slicks in
+    pixel coordinates, made on first use and kept."""
+    out = paths.spills(task.seq)
+    if out.is_file():
+        return out
+    if task.result_kind is not ResultKind.MASK or task.result_name is None:
+        raise FileNotFoundError(out)
+    mask = paths.result(ResultKind.MASK, task.result_name)
+    slicks = locate(slick_polygons(mask), Georef())
+    out.parent.mkdir(exist_ok=True)
+    write_geojson(out, feature_collection(slicks, image=task.filename, pixel=True))
+    return out
+
+
+def build_job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
+    """The job's GeoJSON, from its done tasks' files (see the module docstring)."""
+    collections = []
+    for task in tasks:
+        if task.result_kind is ResultKind.MASK and task.result_name is not None:
+            with open(ensure_task_spills(paths, task), encoding="utf-8") as fh:
+                collections.append(json.load(fh))
+    placed = [c for c in collections if c.get("properties") != PIXEL]
+    merged = merge_collections(placed or collections or [
+        {"type": "FeatureCollection", "features": []}])
+    out = paths.job_spills
+    write_geojson(out, merged)
+    return out
+
+
+def _figures(slicks: Sequence[Slick]) -> dict[str, Any]:
+    """The summary's figures of a scene's slicks (areas None without a georeference)."""
+    areas = [s.area_km2 for s in slicks if s.area_km2 is not None]
+    largest = max((s for s in slicks if s.area_km2 is not None),
+                  key=lambda s: s.area_km2 or 0.0, default=None)
+    return {
+        "slick_polygons": len(slicks),
+        "total_area_km2": round(sum(areas), 6) if areas else (0.0 if not slicks else None),
+        "largest_slick_km2": round(largest.area_km2, 6) if largest and largest.area_km2
+        else None,
+        "largest_slick_centroid": (
+            [round(largest.centroid_lat, 7), round(largest.centroid_lon, 7)]
+            if largest and largest.centroid_lat is not None and largest.centroid_lon is not None
+            else None),
+    }
+
+
+def _bounds(georef: Georef, width: int, height: int) -> list[float]:
+    """The scene's footprint bounds in lon/lat [west, south, east, north], from its edges."""
+    edge = np.linspace(0, 1, 33)
+    cols = np.concatenate([edge * width, np.full(33, width), edge[::-1] * width,
+                           np.zeros(33)])
+    rows = np.concatenate([np.zeros(33), edge * height, np.full(33, height),
+                           edge[::-1] * height])
+    lon, lat = to_lonlat(georef)(cols, rows)
+    if lon.max() - lon.min() > 180:  # across the antimeridian: west is the larger longitude
+        west, east = float(lon[lon > 0].min()), float(lon[lon < 0].max())
+    else:
+        west, east = float(lon.min()), float(lon.max())
+    return [round(west, 7), round(float(lat.min()), 7), round(east, 7),
+            round(float(lat.max()), 7)]
+
+
+def _contrast_db(slicks: Sequence[PixelSlick], grey: Reader, stretch: Stretch, width: int,
+                 height: int) -> dict[int, float]:
+    """How much darker than the scene's sea each slick is, in dB on the scene-wide scale,
+    measured on the scene brought down to at most CONTRAST_PX."""
+    if not slicks:
+        return {}
+    factor = max(1.0, max(width, height) / CONTRAST_PX)
+    shape = (max(1, round(height / factor)), max(1, round(width / factor)))
+    picture = grey(Window(0, 0, width, height), shape).astype(np.float32)
+    db_per_grey = (stretch.high_db - stretch.low_db) / 255.0
+    to_small = Affine.scale(width / shape[1], height / shape[0])
+    out = {}
+    for slick in slicks:
+        inside = rasterize([(slick.polygon, 1)], out_shape=shape, transform=to_small,
+                           all_touched=True, dtype="uint8").astype(bool)
+        if inside.any():
+            mean_db = stretch.low_db + float(picture[inside].mean()) * db_per_grey
+            out[slick.slick_id] = round(mean_db - stretch.sea_db, 2)
+    return out
