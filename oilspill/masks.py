@@ -155,6 +155,13 @@ def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, partial: P
             with Image.open(mask_path) as mask:
                 oil = oil_of(np.asarray(mask.convert("L")))
             render_overlay(image_path, oil, partial, max_px)
+            if oil.any():
+                # Imported here: geo/ reads this module's OIL_LEVEL.
+                from .geo.polygons import slick_polygons
+                from .outlines import draw_outlines
+
+                draw_outlines(partial, slick_polygons(mask_path), oil.shape[1], oil.shape[0],
+                              partial)
             os.replace(partial, out_path)
         finally:
             partial.unlink(missing_ok=True)

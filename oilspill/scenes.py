@@ -249,7 +249,7 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     render_quicklook(reader, mask, overlay, settings.overlay_max_px)
     spills = paths.spills(task.seq)
     figures = scene_spills(mask, _georef(ctx.info), ctx.info.width, ctx.info.height,
-                           task.filename, reader, ctx.stretch, spills)
+                           task.filename, reader, ctx.stretch, spills, overlay)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,

@@ -12,6 +12,7 @@ Blocking: run in a thread.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,26 @@ from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to
 from .geo.scale import Stretch
 from .geo.stitch import Georef
 from .jobs import ResultKind, Task
-from .paths import JobPaths
+from .outlines import draw_outlines
+from .paths import JobPaths, partial_beside
 
 Reader = Callable[[Window, tuple[int, int]], np.ndarray]
 CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
 
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
-                 grey: Reader, stretch: Stretch, out: Path) -> dict[str, Any]:
-    """Write a scene's slicks as GeoJSON at `out`; returns the figures for its summary."""
+                 grey: Reader, stretch: Stretch, out: Path, overlay: Path
+                 ) -> dict[str, Any]:
+    """Write a scene's slicks as GeoJSON at `out` and draw their outlines and ids on its
+    overlay; returns the figures for its summary."""
     pixel_slicks = slick_polygons(mask)
+    if pixel_slicks:
+        partial = partial_beside(overlay)
+        try:
+            draw_outlines(overlay, pixel_slicks, width, height, partial)
+            os.replace(partial, overlay)
+        finally:
+            partial.unlink(missing_ok=True)
     contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
     slicks = locate(pixel_slicks, georef, contrast_db=contrast)
     placed = located(georef)

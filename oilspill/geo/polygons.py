@@ -8,8 +8,10 @@ corner), so they are joined by geometric intersection and unioned once the slick
 Memory depends on the block and on the vertices of the slicks still open, not on the scene.
 
 Simplification: Douglas-Peucker within simplify_px (topology kept, holes too) removes the
-stair steps of the pixel edges. A part that loses over MAX_AREA_CHANGE of its area that way
-(a slick one or two pixels wide, or a few pixels in all) keeps its pixel outline instead.
+stair steps of the pixel edges; GEOS then also drops a ring's start vertex where it can, which
+may leave a pixel corner up to 2 x simplify_px from the outline. A part that loses over
+MAX_AREA_CHANGE of its area that way (a slick one or two pixels wide, or a few pixels in all)
+keeps its pixel outline instead.
 
 Places: vertices go to WGS84 lon/lat through the scene's affine transform and CRS, or through
 a thin-plate spline on its GCPs (exact at every GCP, which suits Sentinel-1's dense grid).

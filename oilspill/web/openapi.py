@@ -13,6 +13,23 @@ _UUID = {"type": "string", "format": "uuid"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 
 
+_MEASURE = {"type": ["number", "null"], "minimum": 0}
+_LON = {"type": "number", "minimum": -180, "maximum": 180}
+_LAT = {"type": "number", "minimum": -90, "maximum": 90}
+_BOUNDS = {"type": ["array", "null"], "prefixItems": [_LON, _LAT, _LON, _LAT],
+           "minItems": 4, "maxItems": 4,
+           "description": "the footprint in degrees: [west, south, east, north] (west > east "
+                          "across the antimeridian); null without a georeference"}
+_LATLON = {"type": ["array", "null"], "prefixItems": [_LAT, _LON], "minItems": 2,
+           "maxItems": 2, "description": "the largest slick's centroid: [latitude, "
+                                         "longitude] in degrees; null without a "
+                                         "georeference"}
+# A GeoJSON polygon's rings: closed, of [x, y] positions (lon/lat, or pixels).
+_RING = {"type": "array", "minItems": 4, "items": {
+    "type": "array", "minItems": 2, "maxItems": 3, "items": {"type": "number"}}}
+_POLYGON = {"type": "array", "minItems": 1, "items": _RING}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -39,6 +56,11 @@ _UPLOAD_REASONS = {
          "holding a Sentinel-1 SAFE product that cannot be used: not GRD, more than one, "
          "or without one measurement of OILSPILL_S1_POLARISATION)",
 }
+
+
+def _geojson(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/geo+json": {"schema": _ref("SpillCollection")}}}
 
 
 def _errors(*statuses: int, reasons: dict[int, str] | None = None) -> dict[str, Any]:
@@ -82,7 +104,8 @@ _SCHEMAS: dict[str, Any] = {
     "TaskResult": {
         "type": ["object", "null"],
         "required": ["oil_fraction", "oil_pixels", "slick_count", "largest_slick_px", "width",
-                     "height", "mask_url", "overlay_url", "picture_url"],
+                     "height", "mask_url", "overlay_url", "picture_url", "crs",
+                     "bounds_lonlat", "total_area_km2", "spills_url"],
         "properties": {
             "oil_fraction": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
             "oil_pixels": {"type": ["integer", "null"], "minimum": 0},
@@ -94,6 +117,15 @@ _SCHEMAS: dict[str, Any] = {
                          "description": "a PNG; for a scene, a GeoTIFF (COG) with its "
                                         "georeference: 0 sea, 255 oil, 127 no data"},
             "picture_url": {"type": ["string", "null"]},
+            "crs": {"type": ["string", "null"],
+                    "description": "a scene's CRS (as result.scene.crs); null for a picture"},
+            "bounds_lonlat": _BOUNDS,
+            "total_area_km2": {**_MEASURE, "description": "the geodesic area of all its slicks "
+                                                     "in km²; null without a georeference"},
+            "spills_url": {"type": ["string", "null"],
+                           "description": "its slicks as GeoJSON (/api/task/{task_id}/"
+                                          "spills.geojson), for every mask; null for a "
+                                          "picture"},
             "scene": _ref("Scene")},
     },
     "Scene": {
@@ -117,7 +149,15 @@ _SCHEMAS: dict[str, Any] = {
                              "description": "pixels inside the scene's valid area"},
             "tiles": {"type": "integer", "minimum": 1,
                       "description": "tiles it was cut into (the overview not counted)"},
-            "scale": _ref("SceneScale")},
+            "scale": _ref("SceneScale"),
+            "slick_polygons": {"type": "integer", "minimum": 0,
+                               "description": "slicks in its GeoJSON"},
+            "total_area_km2": {**_MEASURE, "description": "the geodesic area of all its slicks "
+                                                     "in km² (0 without any); null without "
+                                                     "a georeference"},
+            "largest_slick_km2": {**_MEASURE, "description": "the largest slick's area in km²"},
+            "largest_slick_centroid": _LATLON,
+            "bounds_lonlat": _BOUNDS},
     },
     "SceneScale": {
         "type": "object",
@@ -198,6 +238,64 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["archive_url"],
         "properties": {"archive_url": {"type": "string"}},
     },
+    "SpillCollection": {
+        "type": "object", "required": ["type", "features"],
+        "description": "RFC 7946 GeoJSON: every slick of a task (or of a job's tasks), "
+                       "largest first. Lon/lat (WGS84) without a `crs` member, exterior rings "
+                       "counter-clockwise, holes clockwise, 7 decimals; a slick across the "
+                       "antimeridian is cut there into a MultiPolygon. A picture without "
+                       "georeference gives pixel coordinates (x = column, y = row of pixel "
+                       "corners), marked by `\"properties\": {\"coordinates\": \"pixel\"}`, "
+                       "its area, length and centroid null. A job's file holds its "
+                       "georeferenced images' slicks, or, when none is georeferenced, every "
+                       "picture's in pixels.",
+        "properties": {
+            "type": {"const": "FeatureCollection"},
+            "features": {"type": "array", "items": _ref("Spill")},
+            "properties": {"type": "object", "required": ["coordinates"],
+                           "properties": {"coordinates": {"const": "pixel"}}}},
+    },
+    "Spill": {
+        "type": "object", "required": ["type", "geometry", "properties"],
+        "description": "One slick: an 8-connected area of oil in the mask, outlined",
+        "properties": {
+            "type": {"const": "Feature"},
+            "geometry": {"oneOf": [_ref("Polygon"), _ref("MultiPolygon")]},
+            "properties": _ref("SpillProperties")},
+    },
+    "SpillProperties": {
+        "type": "object",
+        "required": ["slick_id", "image", "area_km2", "perimeter_km", "length_km",
+                     "centroid_lon", "centroid_lat", "pixels", "mean_contrast_db",
+                     "confidence"],
+        "properties": {
+            "slick_id": {"type": "integer", "minimum": 1,
+                         "description": "1..n within its image, largest first"},
+            "image": {"type": ["string", "null"],
+                      "description": "the image's path in the upload"},
+            "area_km2": {**_MEASURE, "description": "geodesic area (WGS84), holes excluded"},
+            "perimeter_km": {**_MEASURE, "description": "geodesic perimeter, holes included"},
+            "length_km": {**_MEASURE, "description": "geodesic length along its minimum "
+                                                 "rotated rectangle"},
+            "centroid_lon": {"type": ["number", "null"], "minimum": -180, "maximum": 180},
+            "centroid_lat": {"type": ["number", "null"], "minimum": -90, "maximum": 90},
+            "pixels": {"type": "integer", "minimum": 1, "description": "its oil pixels"},
+            "mean_contrast_db": {"type": ["number", "null"],
+                                 "description": "its mean level against the scene's sea, "
+                                                "in dB (negative: darker); null for a "
+                                                "picture"},
+            "confidence": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                           "description": "the ML service's, when it gives one"}},
+    },
+    "Polygon": {
+        "type": "object", "required": ["type", "coordinates"],
+        "properties": {"type": {"const": "Polygon"}, "coordinates": _POLYGON},
+    },
+    "MultiPolygon": {
+        "type": "object", "required": ["type", "coordinates"],
+        "properties": {"type": {"const": "MultiPolygon"},
+                       "coordinates": {"type": "array", "minItems": 1, "items": _POLYGON}},
+    },
     "Health": {
         "type": "object", "required": ["status", "database", "ml_service", "ml_service_url",
                                        "loop_lag_max_ms"],
@@ -258,6 +356,27 @@ def _paths() -> dict[str, Any]:
             "quick-look of at most OILSPILL_OVERLAY_MAX_PX a side)", "image/png"),
         "/api/task/{task_id}/picture": task_file(
             "A done task's picture, when the ML service answered with one", "image/*"),
+        "/api/task/{task_id}/spills.geojson": {"get": {
+            "summary": "A done task's slicks as RFC 7946 GeoJSON",
+            "description": "A scene's in lon/lat (written when it was stitched), a picture's "
+                           "in pixel coordinates (made on first use). 404 when the task has "
+                           "no mask (not done yet, failed, or a picture from a YOLO-style "
+                           "service).",
+            "security": _SECURED, "parameters": [_id_param("task_id")],
+            "responses": {"200": _geojson("The slicks"),
+                          **_errors(*_COMMON, 410)}}},
+        "/api/job/{job_id}/spills.geojson": {"get": {
+            "summary": "Every slick of a finished job in one GeoJSON file (a download)",
+            "description": "Built once when first asked for, then kept; a few kilobytes "
+                           "where the result zip may be gigabytes. 409 `job_not_finished` "
+                           "while the job still has queued or running images.",
+            "security": _SECURED, "parameters": [_id_param("job_id")],
+            "responses": {"200": {**_geojson("The job's slicks"), "headers": {
+                "Content-Disposition": {
+                    "required": True, "description": "attachment; filename=\"oilspill-spills-<job_id>."
+                                   "geojson\"",
+                    "schema": {"type": "string"}}}},
+                **_errors(*_COMMON, 409, 410)}}},
         "/api/job/{job_id}": {
             "get": {"summary": "A job's progress", "security": _SECURED,
                     "parameters": [_id_param("job_id")],
@@ -338,7 +457,8 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "oilspill", "version": __version__,
                  "description": "Turns sea images (a zip of them, or one image or "
-                                "GeoTIFF scene, cut into tiles) into oil-spill masks."},
+                                "GeoTIFF scene, cut into tiles) into oil-spill masks, and "
+                                "every slick into a place: RFC 7946 GeoJSON."},
         "paths": _paths(),
         "components": {"schemas": _SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
