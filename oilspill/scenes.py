@@ -99,14 +99,21 @@ class SceneContext:
 
     def grey(self, window: tuple[int, int, int, int] | Window,
              shape: tuple[int, int] | None = None) -> np.ndarray:
-        """A window of the scene as 8-bit grey on its scale (resampled to shape (h, w))."""
+        """A window of the scene as 8-bit grey on its scale (resampled to shape (h, w)),
+        invalid pixels at the sea's median grey."""
+        grey, valid = self.grey_and_valid(window, shape)
+        grey[~valid] = self.stretch.sea_grey
+        return grey
+
+    def grey_and_valid(self, window: tuple[int, int, int, int] | Window,
+                       shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A window as 8-bit grey on the scene's scale, and its valid pixels."""
         if self.grey_table is not None:
             raw, valid = read_raw(self.path, self.info, window, self.survey, shape)
-            grey = self.grey_table[raw]
-            grey[~valid] = self.stretch.sea_grey
-            return np.asarray(grey)
-        return to_grey(*read_window(self.path, self.info, window, self.survey,
-                                    self.calibration, out_shape=shape), self.stretch)
+            return np.asarray(self.grey_table[raw]), valid
+        values, valid = read_window(self.path, self.info, window, self.survey,
+                                    self.calibration, out_shape=shape)
+        return to_grey(values, valid, self.stretch), valid
 
 
 def plan_units(path: Path, settings: SceneSettings) -> tuple[NewTile, ...]:
@@ -165,8 +172,34 @@ def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
     first, last = ctx.survey.row_first[row:row + h], ctx.survey.row_last[row:row + h]
     if ((last < col) | (first >= col + w) | (first > last)).all():
         return None  # no row's valid extent reaches into the window: border only
-    grey = ctx.grey(unit.window, (height, width))
+    grey, valid = ctx.grey_and_valid(unit.window, (height, width))
+    if not valid.all():
+        # Border pixels get the sea beside them, mirrored: a flat fill has no speckle, and
+        # a model that measures the sea's texture would take the real sea beside it for
+        # something darker and smoother (oil).
+        grey = mirror_into_border(grey, valid)
     return grey_png(grey)
+
+
+def mirror_into_border(grey: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The picture with each invalid pixel taken from the valid pixels mirrored across the
+    nearest edge of its row's valid run (rows with none, from the nearest row that has)."""
+    height, width = grey.shape
+    has = valid.any(axis=1)
+    if not has.any():
+        return grey
+    cols = np.arange(width)
+    first = np.where(has, valid.argmax(axis=1), 0)
+    last = np.where(has, width - 1 - valid[:, ::-1].argmax(axis=1), 0)
+    span = np.maximum(last - first, 0)[:, None]
+    # Reflect about the run's edges (folding back and forth for a short run).
+    offset = np.abs((cols[None, :] - first[:, None]) % np.maximum(2 * span, 1))
+    source = first[:, None] + np.where(offset > span, 2 * span - offset, offset)
+    mirrored = np.take_along_axis(grey, np.clip(source, 0, width - 1), axis=1)
+    rows_with = np.flatnonzero(has)
+    nearest = rows_with[np.abs(np.arange(height)[:, None] - rows_with[None, :]).argmin(axis=1)]
+    filled = mirrored[nearest]
+    return np.where(valid, grey, filled)
 
 
 def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes | None,

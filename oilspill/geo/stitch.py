@@ -53,6 +53,7 @@ OIL = 255
 # about 27 MiB on a Sentinel-1 scene's width.
 STRIP_ROWS = 128
 GDAL_CACHE_MIB = 64  # GDAL's default is 5% of RAM: far over our budget on a big server
+OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (_large_components)
 _EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
 
 
@@ -245,7 +246,11 @@ def _large_components(overview: Path, width: int, height: int, large_px: int) ->
         rows, cols = box
         extent = max((rows.stop - rows.start) * scale_y, (cols.stop - cols.start) * scale_x)
         keep[number] = extent >= large_px
-    return np.asarray(keep[labels])
+    # The overview's edges are coarse and fat: only its interior is added, so a big slick's
+    # edges come from the sharp tiles (which see sea beside them) and its middle, where a
+    # tile sees no edge, from the overview.
+    return np.asarray(ndimage.binary_erosion(keep[labels], structure=_EIGHT,
+                                             iterations=OVERVIEW_ERODE_PX))
 
 
 def _upsample(small: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
