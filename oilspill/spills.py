@@ -40,15 +40,16 @@ def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str
     """Write a scene's slicks as GeoJSON at `out` and draw their outlines and ids on its
     overlay; returns the figures for its summary."""
     pixel_slicks = slick_polygons(mask)
-    if pixel_slicks:
+    contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
+    slicks = locate(pixel_slicks, georef, contrast_db=contrast)
+    if slicks:  # drawn with the ids the GeoJSON gives them
         partial = partial_beside(overlay)
         try:
-            draw_outlines(overlay, pixel_slicks, width, height, partial)
+            draw_outlines(overlay, [PixelSlick(s.slick_id, s.polygon_px, s.pixels)
+                                    for s in slicks], width, height, partial)
             os.replace(partial, overlay)
         finally:
             partial.unlink(missing_ok=True)
-    contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
-    slicks = locate(pixel_slicks, georef, contrast_db=contrast)
     placed = located(georef)
     write_geojson(out, feature_collection(slicks, image=image, pixel=not placed))
     figures = _figures(slicks)

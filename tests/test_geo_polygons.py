@@ -367,3 +367,17 @@ def test_a_large_mask_is_polygonised_in_bounded_memory(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 10
     # The band joins the disks it crosses; the others stay apart (6 x 7 disks in all).
     assert 1 < len(found) < 6 * 7 and all(s.polygon.is_valid for s in found)
+
+
+def test_slick_ids_follow_the_area_on_the_ground_not_the_pixel_count(tmp_path):
+    """In degrees, a pixel far north covers less ground: the slick with fewer pixels in the
+    south is the larger one, and it is slick 1 (the summary's largest)."""
+    band = np.zeros((2000, 400), np.uint8)  # 0.002 degree pixels, 62 N down to 58 N
+    band[100:150, 100:200] = 255  # 5,000 pixels near 61.75 N
+    band[1800:1849, 100:200] = 255  # 4,900 pixels near 58.35 N
+    georef = write_mask(tmp_path / "m.tif", band, crs="EPSG:4326",
+                        transform=Affine(0.002, 0, 10.0, 0, -0.002, 62.0))
+    first, second = places(tmp_path / "m.tif", georef)
+    assert (first.slick_id, second.slick_id) == (1, 2)
+    assert first.pixels == 4900 and first.area_km2 > second.area_km2
+    assert first.centroid_lat < 59 < 61 < second.centroid_lat

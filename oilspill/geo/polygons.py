@@ -24,7 +24,7 @@ Blocking: run in a thread.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -309,7 +309,10 @@ def locate(slicks: Sequence[PixelSlick], georef: Georef, *,
             area_km2=abs(area_m2) / 1e6, perimeter_km=perimeter_m / 1e3,
             length_km=_length_m(metric, laea) / 1e3, centroid_lon=lon, centroid_lat=lat,
             mean_contrast_db=contrast_db.get(s.slick_id), confidence=confidence.get(s.slick_id)))
-    return out
+    # Numbered by decreasing area on the ground: pixels differ in area across a scene in
+    # degrees (or far from a projection's centre), so pixel counts can order them otherwise.
+    ranked = sorted(out, key=lambda s: (-(s.area_km2 or 0.0), s.slick_id))
+    return [replace(s, slick_id=n) for n, s in enumerate(ranked, start=1)]
 
 
 def _length_m(metric: Outline, laea: Transformer) -> float:
