@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("job_id")
     fetch = sub.add_parser("fetch", help="wait for a job and download its results")
     fetch.add_argument("job_id")
+    fetch.add_argument("--geojson", type=Path, default=None, metavar="FILE",
+                       help="save only every slick of the job as GeoJSON to FILE (a few "
+                            "kilobytes; no zip is downloaded)")
     for client_parser in (submit, status, fetch):
         client_parser.add_argument("--server", default="http://127.0.0.1:8000",
                                    help="the oilspill server (default http://127.0.0.1:8000)")
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                                    help="where to save the result zip (default: its name "
                                         "in the current folder)")
     args = parser.parse_args(argv)
+    if getattr(args, "geojson", None) is not None and args.out is not None:
+        parser.error("fetch: --geojson and --out are exclusive (--geojson downloads no zip)")
 
     if args.command in ("submit", "status", "fetch"):
         from .client.commands import ClientOptions, run
@@ -104,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         options = ClientOptions(args.server, args.token, args.json, args.give_up_s)
         target = str(args.path) if args.command == "submit" else args.job_id
         raise SystemExit(run(options, args.command, target, getattr(args, "out", None),
-                             not getattr(args, "no_wait", False)))
+                             not getattr(args, "no_wait", False),
+                             getattr(args, "geojson", None)))
 
     if args.command == "settings":
         print(settings_table())

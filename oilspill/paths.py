@@ -141,6 +141,10 @@ class JobPaths:
         """A stitched mask while it is written (in masks/, renamed from there)."""
         return partial_beside(self.masks / result_name)
 
+    def picture_scene(self, stored_name: str) -> Path:
+        """A PNG or JPEG larger than a tile, copied to a tiled GeoTIFF to be read by windows."""
+        return self.images / f"{stored_name}.scene.tif"
+
     def calibration(self, stored_name: str) -> Path:
         """A Sentinel-1 measurement's calibration table, kept beside it."""
         return self.images / calibration_name(stored_name)

@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rasterio
+import rasterio.shutil
 from PIL import Image
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .config import Settings
@@ -35,7 +38,9 @@ from .geo.scale import Stretch, grey_png, to_grey
 from .geo.scene import (
     SceneError,
     SceneInfo,
+    SceneTooLarge,
     Survey,
+    UnreadableScene,
     inspect_scene,
     read_raw,
     read_window,
@@ -45,10 +50,11 @@ from .geo.stitch import Georef, MaskStats, create_draft, finish_mask, write_core
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, is_mask
-from .paths import JobPaths, result_name
+from .paths import JobPaths, partial_beside, result_name
 from .spills import scene_spills
 
 MASK_EXTENSION = ".tif"
+_PICTURE_DRIVERS = ("PNG", "JPEG")
 
 
 @dataclass(frozen=True)
@@ -131,9 +137,54 @@ def plan_units(path: Path, settings: SceneSettings) -> tuple[NewTile, ...]:
     return tuple(units)
 
 
+def picture_as_scene(paths: JobPaths, stored_name: str, settings: SceneSettings
+                     ) -> tuple[NewTile, ...]:
+    """A PNG or JPEG larger than a tile becomes a scene: copied (streamed by GDAL, never
+    decoded whole) to a tiled GeoTIFF, then cut like one. Empty for a picture that fits in a
+    tile: it is sent whole, as it is. Raises geo.scene.SceneError."""
+    source = paths.image(stored_name)
+    width, height = _picture_size(source)
+    if width <= settings.tile_px and height <= settings.tile_px:
+        return ()
+    if width * height > settings.max_pixels:
+        raise SceneTooLarge(f"the picture is {width}x{height} = {width * height} pixels, over "
+                            f"the limit of {settings.max_pixels} (OILSPILL_MAX_SCENE_PIXELS)")
+    target = paths.picture_scene(stored_name)
+    partial = partial_beside(target)
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=64, GDAL_PAM_ENABLED="NO"):
+            rasterio.shutil.copy(source, partial, driver="GTiff", TILED="YES",
+                                 BLOCKXSIZE=512, BLOCKYSIZE=512, BIGTIFF="IF_SAFER")
+        os.replace(partial, target)
+    except RasterioError:
+        raise UnreadableScene("the picture's pixel data cannot be read") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return plan_units(target, settings)
+
+
+def _picture_size(source: Path) -> tuple[int, int]:
+    """(width, height) of a PNG or JPEG, from its header, by GDAL's own drivers only."""
+    for driver in _PICTURE_DRIVERS:
+        try:
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="NO"), \
+                    rasterio.open(source, driver=driver) as src:
+                return int(src.width), int(src.height)
+        except RasterioError:
+            continue
+    raise UnreadableScene("not a PNG or JPEG that GDAL can read")
+
+
+def scene_image(paths: JobPaths, task: Task) -> Path:
+    """The raster a scene task reads: the TIFF itself, or a big picture's GeoTIFF copy."""
+    if task.content_type == "image/tiff":
+        return paths.image(task.stored_name)
+    return paths.picture_scene(task.stored_name)
+
+
 def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneContext:
     """The scene's context; its survey (one pass over the scene) is made once and kept."""
-    image = paths.image(task.stored_name)
+    image = scene_image(paths, task)
     info = inspect_scene(image, settings.band, settings.max_pixels)
     calibration_xml = paths.calibration(task.stored_name)
     calibration = Calibration.from_xml(calibration_xml) if calibration_xml.is_file() else None
@@ -275,6 +326,16 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     stats: MaskStats = finish_mask(ctx.draft, mask, overview=overview,
                                    large_px=max(1, settings.tile_px // 2),
                                    part_path=paths.mask_partial(name))
+    if task.content_type != "image/tiff":  # a big picture keeps a PNG mask, as small ones do
+        name, cog = result_name(task.seq, ".png"), mask
+        mask = paths.result(ResultKind.MASK, name)
+        partial = paths.mask_partial(name)
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=64, GDAL_PAM_ENABLED="NO"):
+                rasterio.shutil.copy(cog, partial, driver="PNG", ZLEVEL=6)
+            os.replace(partial, mask)
+        finally:
+            partial.unlink(missing_ok=True)
     overlay = paths.overlay(name)
     picture = paths.overview_grey(task.seq)
     reader = (_overview_reader(picture, ctx.info.width, ctx.info.height)

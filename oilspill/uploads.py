@@ -20,7 +20,7 @@ from .config import Settings
 from .geo.scene import SceneError
 from .jobs import NewTask, NewTile
 from .paths import JobPaths, new_id, stored_image_name
-from .scenes import SceneSettings, plan_units
+from .scenes import SceneSettings, picture_as_scene, plan_units
 from .store import Store
 from .unpack import (
     ZIP_MAGIC,
@@ -105,19 +105,23 @@ def _unpack(paths: JobPaths, settings: Settings, upload_name: str) -> tuple[Unpa
 
 def _new_tasks(paths: JobPaths, settings: Settings, unpacked: Unpacked, bare: bool
                ) -> list[NewTask]:
-    """One task per image; a TIFF is a scene, cut into units from its header. A scene that
-    cannot be used fails its task with the reason, or refuses a bare upload."""
+    """One task per image; a TIFF, or a PNG or JPEG larger than a tile, is a scene, cut into
+    units from its header. A scene that cannot be used fails its task with the reason, or
+    refuses a bare upload."""
     tasks = []
     for image in unpacked.images:
         units: tuple[NewTile, ...] = ()
         error = None
-        if image.content_type == "image/tiff":
-            try:
-                units = plan_units(paths.image(image.stored_name), SceneSettings.of(settings))
-            except SceneError as exc:
-                if bare:
-                    raise
-                error = str(exc)
+        scene_settings = SceneSettings.of(settings)
+        try:
+            if image.content_type == "image/tiff":
+                units = plan_units(paths.image(image.stored_name), scene_settings)
+            elif image.content_type in ("image/png", "image/jpeg"):
+                units = picture_as_scene(paths, image.stored_name, scene_settings)
+        except SceneError as exc:
+            if bare:
+                raise
+            error = str(exc)
         tasks.append(NewTask(id=new_id(), filename=image.filename,
                              stored_name=image.stored_name, content_type=image.content_type,
                              tiles=units, error=error))

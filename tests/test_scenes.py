@@ -28,10 +28,12 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 from scipy import ndimage
 
+from ml_stub.scenes import encode, make_scene, to_uint8
 from oilspill.config import Settings
+from oilspill.geo.tiles import tile_grid
 from oilspill.web.app import create_app
 
-from .conftest import upload, wait_finished, zip_bytes
+from .conftest import form, upload, wait_finished, zip_bytes
 from .georef import (
     LONLAT_TRANSFORM,
     SAFE,
@@ -674,3 +676,26 @@ async def test_the_servers_memory_stays_bounded_on_a_scene(stack_factory, tmp_pa
     print(f"\nserver on {width} x {height} uint16: idle {idle_kib / 1024:.0f} MiB, peak "
           f"{peak_kib / 1024:.0f} MiB, growth {growth_mib:.0f} MiB (bound 160), {elapsed:.1f} s")
     assert growth_mib < 160
+
+
+async def test_a_picture_larger_than_a_tile_is_tiled_and_keeps_a_png_mask(
+        aiohttp_client, settings):
+    """A 1,500 x 1,200 PNG is cut into tiles like a scene (read by GDAL, never decoded whole
+    by the server), and its stitched mask comes back as a PNG of its size."""
+    scene = make_scene(1500, 1200, seed=3, lookalikes=0, ships=0)
+    client = await aiohttp_client(create_app(settings.with_changes(
+        tile_px=512, tile_overlap_px=64)))
+    resp = await client.post("/api/upload/", data=form(encode(to_uint8(scene.intensity), "PNG"),
+                                                       "big.png"))
+    assert resp.status == 202, await resp.text()
+    body = await resp.json()
+    job = await wait_finished(client, body["job_id"], 120)
+    tiles = len(tile_grid(1500, 1200, 512, 64))
+    assert tiles > 1 and (job["done"], job["tiles_total"]) == (1, tiles + 1)  # + overview
+    task = await (await client.get(f"/api/task/{body['task_ids'][0]}")).json()
+    mask_resp = await client.get(task["result"]["mask_url"])
+    assert mask_resp.content_type == "image/png"
+    mask = np.asarray(Image.open(io.BytesIO(await mask_resp.read()))) == 255
+    assert mask.shape == (1200, 1500)
+    found = (mask & scene.truth).sum() / (mask | scene.truth).sum()
+    assert found >= 0.7, found

@@ -3,6 +3,10 @@
 `submit` sends a zip of images, a folder (zipped as it streams), or one bare image or
 GeoTIFF scene as it is: the server tells them apart by their first bytes.
 
+`fetch --geojson FILE` waits for the job as `fetch` does, then saves only every slick of
+the job as one GeoJSON file (kilobytes, where the result zip may be gigabytes: for a
+satellite link).
+
 Progress bars (tqdm) go to stderr, and only when it is a terminal; results go to stdout,
 as a short table or, with --json, one JSON object. The job's bar counts tiles, the units of
 work the server sends to the ML service (a plain image is one; a scene is cut into many).
@@ -139,6 +143,12 @@ async def _download(client: OilspillClient, job_id: str, out: Path | None,
         return await client.download(url, dest, progress)
 
 
+def _total_km2(areas: list[Any]) -> float | None:
+    """The sum of the areas known (km²), or None when none is (no georeference)."""
+    known = [float(a) for a in areas if isinstance(a, (int, float))]
+    return round(sum(known), 6) if known else None
+
+
 def _summary(zip_path: Path) -> dict[str, Any]:
     with zipfile.ZipFile(zip_path) as zf:
         rows = json.loads(zf.read("summary.json"))
@@ -146,7 +156,14 @@ def _summary(zip_path: Path) -> dict[str, Any]:
     return {"images": len(rows), "done": sum(r["status"] == "done" for r in rows),
             "failed": sum(r["status"] == "failed" for r in rows),
             "images_with_oil": sum(f > 0 for f in fractions),
-            "largest_oil_fraction": max(fractions, default=None), "rows": rows}
+            "largest_oil_fraction": max(fractions, default=None),
+            "slicks": sum(r.get("slick_count") or 0 for r in rows),
+            "total_area_km2": _total_km2([r.get("total_area_km2") for r in rows]),
+            "rows": rows}
+
+
+def _km2_text(km2: float | None) -> str:
+    return "n/a" if km2 is None else f"{km2:.2f}"
 
 
 def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
@@ -165,6 +182,8 @@ def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
     print(f"  failed               {summary['failed']}")
     print(f"  images with oil      {summary['images_with_oil']}")
     print(f"  largest oil fraction {'n/a' if largest is None else f'{largest:.2%}'}")
+    print(f"  slicks               {summary['slicks']}")
+    print(f"  km\u00b2                  {_km2_text(summary['total_area_km2'])}")
     for row in summary["rows"]:
         if row["status"] == "failed":
             print(f"  failed: {row['filename']}: {row['error']}")
@@ -174,8 +193,49 @@ def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
     return code
 
 
+async def _download_geojson(client: OilspillClient, job_id: str, dest: Path,
+                           options: ClientOptions) -> Path:
+    with _bar(options, unit="B", unit_scale=True, desc="geojson") as bar:
+        def progress(received: int, total: int | None) -> None:
+            bar.total = total
+            bar.n = received
+            bar.refresh()
+        return await client.download(f"/api/job/{job_id}/spills.geojson", dest, progress)
+
+
+def _geojson_summary(path: Path) -> dict[str, Any]:
+    """Slicks and km² of a job's GeoJSON (km² None in pixel coordinates)."""
+    with open(path, encoding="utf-8") as fh:
+        collection = json.load(fh)
+    if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
+        raise ValueError(f"{path} is not a GeoJSON FeatureCollection")
+    features = collection.get("features") or []
+    areas = [(f.get("properties") or {}).get("area_km2") for f in features]
+    return {"slicks": len(features), "total_area_km2": _total_km2(areas)}
+
+
+def _report_geojson(job: dict[str, Any], summary: dict[str, Any], path: Path,
+                    options: ClientOptions) -> int:
+    code = EXIT_FAILURES if job["failed"] else EXIT_OK
+    if options.as_json:
+        print(json.dumps({"job_id": job["job_id"], "status": job["status"],
+                          "geojson": str(path.resolve()), "tiles": _tiles(job)[1],
+                          "images": job["total"], "done": job["done"],
+                          "failed": job["failed"], **summary}))
+        return code
+    print(f"job {job['job_id']}: slicks in {path}")
+    print(f"  images               {job['total']}")
+    print(f"  done                 {job['done']}")
+    print(f"  failed               {job['failed']}")
+    print(f"  slicks               {summary['slicks']}")
+    print(f"  km\u00b2                  {_km2_text(summary['total_area_km2'])}")
+    if code:
+        print(f"oilspill: {job['failed']} of {job['total']} images failed", file=sys.stderr)
+    return code
+
+
 async def _run(options: ClientOptions, action: str, target: str, out: Path | None,
-               wait: bool) -> int:
+               wait: bool, geojson: Path | None = None) -> int:
     def retrying(reason: str) -> None:
         _say(options, f"oilspill: {reason}; retrying")
 
@@ -207,6 +267,10 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
                 return EXIT_RUNNING if job["finished_at"] is None else (
                     EXIT_FAILURES if job["failed"] else EXIT_OK)
             job = await _wait(client, job_id, options)
+            if geojson is not None:  # only the slicks, no zip
+                saved = await _download_geojson(client, job_id, geojson, options)
+                found = await asyncio.to_thread(_geojson_summary, saved)
+                return _report_geojson(job, found, saved, options)
             zip_path = await _download(client, job_id, out, options)
             summary = await asyncio.to_thread(_summary, zip_path)
             return _report(job, summary, zip_path, options)
@@ -216,12 +280,13 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
         except ServerGone as exc:
             print(f"oilspill: {exc}", file=sys.stderr)
             return EXIT_GONE
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a body that is not GeoJSON
             print(f"oilspill: {exc}", file=sys.stderr)
             return EXIT_REFUSED
 
 
 def run(options: ClientOptions, action: str, target: str, out: Path | None = None,
-        wait: bool = True) -> int:
-    """Run one client command; returns the exit code."""
-    return asyncio.run(_run(options, action, target, out, wait))
+        wait: bool = True, geojson: Path | None = None) -> int:
+    """Run one client command; returns the exit code. With `geojson` (fetch only), save the
+    job's GeoJSON there instead of downloading its zip."""
+    return asyncio.run(_run(options, action, target, out, wait, geojson))

@@ -1,5 +1,8 @@
 """An async client of oilspill's HTTP API: used by `oilspill submit/status/fetch` and the demo.
 
+It imports nothing heavy (no numpy, rasterio, shapely, pyproj): the GeoJSON it fetches is
+saved as the server sent it.
+
 It rides out a server that restarts or a link that drops: connection errors and 502/503/504
 are retried with growing waits until `give_up_s` has passed without an answer.
 """
@@ -125,7 +128,8 @@ class OilspillClient:
 
     async def download(self, url: str, dest: Path,
                        on_bytes: Callable[[int, int | None], None] | None = None) -> Path:
-        """Save a result zip, streamed to disk; on_bytes(received, total) as it comes."""
+        """Save a file the server serves (a result zip, a job's GeoJSON), streamed to disk
+        through a partial name; on_bytes(received, total) as it comes."""
         async def call() -> Path:
             async with self._session.get(f"{self._base}{url}", headers=self._headers) as resp:
                 if resp.status != 200:

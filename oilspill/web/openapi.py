@@ -309,6 +309,18 @@ _SCHEMAS: dict[str, Any] = {
 }
 
 
+def _operation_ref(path: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/get"
+
+
+# An upload's first task, and its slicks (once it is done; 404 before).
+_FIRST_TASK_LINKS = {
+    name: {"operationRef": _operation_ref(path),
+           "parameters": {"task_id": "$response.body#/task_ids/0"}}
+    for name, path in (("FirstTask", "/api/task/{task_id}"),
+                       ("FirstTaskSpills", "/api/task/{task_id}/spills.geojson"))}
+
+
 def _paths() -> dict[str, Any]:
     upload = {
         "summary": "Upload a zip of images, or one image or scene; one task per image is "
@@ -329,7 +341,8 @@ def _paths() -> dict[str, Any]:
                                ".SAFE product), or one bare PNG, JPEG, BMP or TIFF/GeoTIFF/"
                                "BigTIFF file"}},
         }}}},
-        "responses": {"202": _json(_ref("Accepted"), "Accepted: the job is queued"),
+        "responses": {"202": {**_json(_ref("Accepted"), "Accepted: the job is queued"),
+                              "links": _FIRST_TASK_LINKS},
                       **_errors(400, 401, 413, 415, 422, 503, 507,
                                 reasons=_UPLOAD_REASONS)},
     }
@@ -373,9 +386,9 @@ def _paths() -> dict[str, Any]:
             "security": _SECURED, "parameters": [_id_param("job_id")],
             "responses": {"200": {**_geojson("The job's slicks"), "headers": {
                 "Content-Disposition": {
-                    "required": True, "description": "attachment; filename=\"oilspill-spills-<job_id>."
-                                   "geojson\"",
-                    "schema": {"type": "string"}}}},
+                    "required": True, "schema": {"type": "string"},
+                    "description": "attachment; filename=\"oilspill-spills-<job_id>."
+                                   "geojson\""}}},
                 **_errors(*_COMMON, 409, 410)}}},
         "/api/job/{job_id}": {
             "get": {"summary": "A job's progress", "security": _SECURED,

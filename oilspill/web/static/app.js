@@ -1,6 +1,6 @@
 // oilspill's page: upload a zip of images or one image/GeoTIFF scene, follow the job live
 // (counted in tiles: a plain image is one, a scene its tiles and an overview), show the
-// overlays, download the zip.
+// overlays and each image's slicks (from its GeoJSON), download the zip or the GeoJSON.
 // Plain JavaScript, no build step and no network but this server's own API.
 "use strict";
 
@@ -85,17 +85,24 @@ drop.addEventListener("drop", (e) => {
 
 // --- following a job ----------------------------------------------------------------------
 
-let current = null;  // {id, shown: Set of task ids}
+// The job followed: its id, the tasks shown, and the oil found so far (for its header).
+let current = null;
 
 function follow(jobId) {
-  current = { id: jobId, shown: new Set(), finished: false };
+  current = { id: jobId, shown: new Set(), finished: false,
+              oil: { km2: 0, placedSlicks: 0, pixelSlicks: 0, pixels: 0, placed: false } };
   history.replaceState(null, "", `?job=${jobId}`);
   $("job").hidden = false;
   $("results").hidden = false;
   $("job-id").textContent = jobId;
+  $("job-oil").hidden = true;
   $("gallery").replaceChildren();
   $("failed").replaceChildren();
   $("download").disabled = true;
+  const geojson = $("geojson");
+  geojson.hidden = true;
+  geojson.href = `/api/job/${jobId}/spills.geojson`;
+  geojson.download = `oilspill-spills-${jobId}.geojson`;
   stream(current).catch(() => poll(current));
 }
 
@@ -125,7 +132,56 @@ function showProgress(job) {
   if (job.finished_at) {
     current.finished = true;
     $("download").disabled = false;
+    $("geojson").hidden = false;
   }
+}
+
+// --- numbers ------------------------------------------------------------------------------
+
+function km2Text(km2) {
+  return `${km2.toFixed(2)} km\u00b2`;
+}
+
+// "54.0668° N, 15.1915° E": degrees to 4 decimals (about 10 m), hemisphere letters.
+function latLonText(lat, lon) {
+  const part = (value, positive, negative) => {
+    const digits = Math.abs(value).toFixed(4);
+    return `${digits}\u00b0 ${value < 0 && Number(digits) !== 0 ? negative : positive}`;
+  };
+  return `${part(lat, "N", "S")}, ${part(lon, "E", "W")}`;
+}
+
+const count = new Intl.NumberFormat("en");
+
+// The job's oil in its header: km² over its georeferenced images (each task's
+// total_area_km2, as it finishes), slicks and pixels over the pictures without one.
+// Georeferenced: bounds_lonlat is set (total_area_km2 alone may be 0 for a scene without).
+function addOil(result) {
+  const oil = current.oil;
+  const scene = result.scene || {};
+  const slicks = typeof scene.slick_polygons === "number" ? scene.slick_polygons
+    : result.slick_count || 0;
+  if (result.bounds_lonlat) {
+    oil.placed = true;
+    oil.km2 += result.total_area_km2 || 0;
+    oil.placedSlicks += slicks;
+  } else if (result.spills_url) {
+    oil.pixelSlicks += slicks;
+    oil.pixels += result.oil_pixels || 0;
+  } else {
+    return;  // a picture from a YOLO-style service: no slicks
+  }
+  const parts = [];
+  if (oil.placed) parts.push(`${km2Text(oil.km2)} of oil in ${plural(oil.placedSlicks, "slick")}`);
+  if (oil.pixelSlicks || !oil.placed) {
+    parts.push(`${plural(oil.pixelSlicks, "slick")}, ${count.format(oil.pixels)} px of oil ` +
+               "in pictures without georeference");
+  }
+  const total = $("job-oil");
+  total.textContent = parts.join(" \u00b7 ");
+  total.dataset.km2 = oil.placed ? String(oil.km2) : "";
+  total.dataset.slicks = String(oil.placedSlicks + oil.pixelSlicks);
+  total.hidden = false;
 }
 
 async function imageUrl(path) {
@@ -134,17 +190,23 @@ async function imageUrl(path) {
   return URL.createObjectURL(await response.blob());
 }
 
-// Pictures are fetched when they come near the screen: a job of thousands of images costs
-// the server, and a slow link, only what is looked at.
-const pictures = new IntersectionObserver((entries) => {
+// Pictures and slick tables are fetched when they come near the screen: a job of thousands
+// of images costs the server, and a slow link, only what is looked at.
+const whenNearActions = new WeakMap();
+const nearScreen = new IntersectionObserver((entries) => {
   for (const entry of entries) {
     if (!entry.isIntersecting) continue;
-    const img = entry.target;
-    pictures.unobserve(img);
-    imageUrl(img.dataset.link).then((url) => { img.src = url; })
-      .catch(() => { img.alt = "no picture"; });
+    nearScreen.unobserve(entry.target);
+    const action = whenNearActions.get(entry.target);
+    whenNearActions.delete(entry.target);
+    if (action) action();
   }
 }, { rootMargin: "400px" });
+
+function whenNear(element, action) {
+  whenNearActions.set(element, action);
+  nearScreen.observe(element);
+}
 
 function showTask(task) {
   if (current.shown.has(task.task_id) || (task.status !== "done" && task.status !== "failed")) return;
@@ -168,7 +230,8 @@ function showTask(task) {
   const link = result.overlay_url || result.picture_url;
   if (link) {
     img.dataset.link = link;
-    pictures.observe(img);
+    whenNear(img, () => imageUrl(link).then((url) => { img.src = url; })
+      .catch(() => { img.alt = "no picture"; }));
   }
   const caption = document.createElement("figcaption");
   const name = document.createElement("span");
@@ -187,7 +250,154 @@ function showTask(task) {
   caption.append(name, fraction);
   figure.append(img, caption);
   if (result.scene) figure.append(sceneFacts(result, result.scene));
+  if (result.spills_url) {
+    const slicks = document.createElement("div");
+    slicks.className = "slicks";
+    slicks.textContent = "Slicks: shown when in view";
+    figure.append(slicks);
+    whenNear(slicks, () => showSlicks(slicks, result.spills_url));
+    if (result.bounds_lonlat) figure.classList.add("wide");  // room for the centroids
+  }
   $("gallery").append(figure);
+  addOil(result);
+}
+
+// --- slicks -------------------------------------------------------------------------------
+
+const SLICK_ROWS = 50;  // rows shown at first; the rest on asking
+
+async function showSlicks(box, url) {
+  box.textContent = "Slicks: loading\u2026";
+  let collection;
+  try {
+    collection = await api(url);
+  } catch (error) {
+    box.textContent = `Slicks: not available (${error.message})`;
+    box.classList.add("warn");
+    return;
+  }
+  const features = collection.features || [];
+  const pixel = !!(collection.properties && collection.properties.coordinates === "pixel");
+  box.dataset.coordinates = pixel ? "pixel" : "lonlat";
+  box.dataset.count = String(features.length);
+  box.replaceChildren();
+  const summary = document.createElement("p");
+  summary.className = "summary";
+  const props = features.map((f) => f.properties || {});
+  if (!features.length) {
+    summary.textContent = "No slicks.";
+  } else if (pixel) {
+    const pixels = props.reduce((sum, p) => sum + (p.pixels || 0), 0);
+    summary.textContent = `${plural(features.length, "slick")}, ${count.format(pixels)} px ` +
+                          "(no georeference)";
+  } else {
+    const km2 = props.reduce((sum, p) => sum + (p.area_km2 || 0), 0);
+    summary.textContent = `${plural(features.length, "slick")}, ${km2Text(km2)}`;
+  }
+  box.append(summary);
+  if (!features.length) return;
+
+  const table = document.createElement("table");
+  const head = document.createElement("tr");
+  const columns = pixel ? [["#", "id"], ["pixels", "pixels"]]
+    : [["#", "id"], ["km\u00b2", "area"], ["length km", "length"],
+       ["centroid (click to copy)", "centroid"]];
+  for (const [label, name] of columns) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.className = name;
+    th.textContent = label;
+    head.append(th);
+  }
+  const thead = document.createElement("thead");
+  thead.append(head);
+  const tbody = document.createElement("tbody");
+  table.append(thead, tbody);
+  const addRows = (from, to) => {
+    for (const p of props.slice(from, to)) tbody.append(slickRow(p, pixel));
+  };
+  addRows(0, SLICK_ROWS);
+  box.append(table);
+  if (props.length > SLICK_ROWS) {
+    const more = document.createElement("button");
+    more.type = "button";
+    more.className = "more";
+    more.textContent = `Show all ${count.format(props.length)} slicks`;
+    more.addEventListener("click", () => {
+      addRows(SLICK_ROWS, props.length);
+      more.remove();
+    });
+    box.append(more);
+  }
+}
+
+function cell(row, name, text) {
+  const td = document.createElement("td");
+  td.className = name;
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+function slickRow(p, pixel) {
+  const row = document.createElement("tr");
+  row.dataset.slickId = String(p.slick_id);
+  cell(row, "id", String(p.slick_id));
+  if (pixel) {
+    cell(row, "pixels", count.format(p.pixels));
+    return row;
+  }
+  cell(row, "area", typeof p.area_km2 === "number" ? p.area_km2.toFixed(2) : "n/a");
+  cell(row, "length", typeof p.length_km === "number" ? p.length_km.toFixed(1) : "n/a");
+  const where = cell(row, "centroid", "");
+  if (typeof p.centroid_lat === "number" && typeof p.centroid_lon === "number") {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "copy";
+    button.textContent = latLonText(p.centroid_lat, p.centroid_lon);
+    button.title = "Copy to the clipboard";
+    button.addEventListener("click", () => copyCentroid(button));
+    where.append(button);
+  } else {
+    where.textContent = "n/a";
+  }
+  return row;
+}
+
+async function copyCentroid(button) {
+  const copied = await copyText(button.textContent);
+  let note = button.parentElement.querySelector(".note");
+  if (!note) {
+    note = document.createElement("span");
+    note.className = "note";
+    note.setAttribute("role", "status");
+    button.after(note);
+  }
+  note.textContent = copied ? "copied" : "select and copy by hand";
+  clearTimeout(note.timer);
+  note.timer = setTimeout(() => note.remove(), 2000);
+}
+
+// The clipboard API where the page may use it (a secure context: https or localhost), else
+// the old way through a selected, hidden textarea.
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    try {
+      await navigator.clipboard.writeText(text);
+      return true;
+    } catch (_) { /* no permission: try the old way */ }
+  }
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.style.position = "fixed";
+  area.style.opacity = "0";
+  document.body.append(area);
+  area.select();
+  let copied = false;
+  try { copied = document.execCommand("copy"); } catch (_) { copied = false; }
+  area.remove();
+  return copied;
 }
 
 // A scene's size, CRS and tiles, under its card.
@@ -285,6 +495,31 @@ $("download").addEventListener("click", async () => {
     say(`The download failed: ${error.message}`, true);
   } finally {
     button.disabled = false;
+  }
+});
+
+// Every slick of the job, as one GeoJSON file; fetched with the token (a plain link could
+// not send it), saved under the server's name.
+$("geojson").addEventListener("click", async (event) => {
+  event.preventDefault();
+  const link = $("geojson");
+  try {
+    const response = await fetch(link.href, { headers: authHeaders() });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(`${response.status}: ${(body.error && body.error.message) || response.statusText}`);
+    }
+    const named = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "");
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await response.blob());
+    a.download = named ? named[1] : link.download;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    say(`Downloaded ${a.download}.`);
+  } catch (error) {
+    say(`The GeoJSON download failed: ${error.message}`, true);
   }
 });
 
