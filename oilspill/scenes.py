@@ -143,7 +143,10 @@ def picture_as_scene(paths: JobPaths, stored_name: str, settings: SceneSettings
     decoded whole) to a tiled GeoTIFF, then cut like one. Empty for a picture that fits in a
     tile: it is sent whole, as it is. Raises geo.scene.SceneError."""
     source = paths.image(stored_name)
-    width, height = _picture_size(source)
+    try:
+        width, height = _picture_size(source)
+    except UnreadableScene:
+        return ()  # sent whole then, and the worker says why it cannot be read
     if width <= settings.tile_px and height <= settings.tile_px:
         return ()
     if width * height > settings.max_pixels:

@@ -249,8 +249,9 @@ def _large_components(overview: Path, width: int, height: int, large_px: int) ->
     # The overview's edges are coarse and fat: only its interior is added, so a big slick's
     # edges come from the sharp tiles (which see sea beside them) and its middle, where a
     # tile sees no edge, from the overview.
+    # border_value=1: a slick that reaches the scene's edge is not eaten from there.
     return np.asarray(ndimage.binary_erosion(keep[labels], structure=_EIGHT,
-                                             iterations=OVERVIEW_ERODE_PX))
+                                             iterations=OVERVIEW_ERODE_PX, border_value=1))
 
 
 def _upsample(small: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
