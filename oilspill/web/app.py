@@ -1,8 +1,10 @@
 """`create_app(settings)`: the aiohttp application with its resources wired in order.
 
-Each resource is one `cleanup_ctx` generator: set up before its `yield`, torn down after,
-in reverse order: data dir, database, HTTP session to the ML service, worker pool, cleanup
-scheduler.
+Each resource is one `cleanup_ctx` generator, set up before its `yield` and torn down after
+it, in reverse order: the event-loop lag monitor, the data dir, the database (with crash
+recovery and the result builder), the HTTP session to the ML service, the worker pool, the
+cleanup scheduler. Process-wide settings (Pillow's pixel guard, warning filters) are set
+here too, so tests, the demo and `oilspill serve` run alike.
 """
 
 from __future__ import annotations
