@@ -124,16 +124,27 @@ class Process:
             await self.wait()
 
 
+SERVER_ARGS = [sys.executable, "-m", "oilspill", "serve"]
+
+
+def stub_args(port: int, *flags: str) -> list[str]:
+    """The ML stub's command line: the one way the tests and bench/ start it."""
+    return [sys.executable, "-m", "ml_stub", "--port", str(port), *flags]
+
+
+def server_env(port: int, data_dir: Path, ml_url: str, **settings: str) -> dict[str, str]:
+    """The server's environment: the one way the tests and bench/ configure it."""
+    return clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(data_dir),
+                     ML_SERVICE_URL=ml_url, **settings)
+
+
 def stub_process(port: int, cwd: Path, *flags: str) -> Process:
-    return Process([sys.executable, "-m", "ml_stub", "--port", str(port), *flags],
-                   clean_env(), cwd)
+    return Process(stub_args(port, *flags), clean_env(), cwd)
 
 
 def server_process(port: int, data_dir: Path, ml_url: str, cwd: Path,
                    **settings: str) -> Process:
-    env = clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(data_dir),
-                    ML_SERVICE_URL=ml_url, **settings)
-    return Process([sys.executable, "-m", "oilspill", "serve"], env, cwd)
+    return Process(SERVER_ARGS, server_env(port, data_dir, ml_url, **settings), cwd)
 
 
 async def wait_http(url: str, proc: Process, timeout_s: float = 30,
@@ -192,15 +203,12 @@ def live_stack(tmp: Path, stub_flags: tuple[str, ...] = (), **settings: str) -> 
     """A stub process and a server process for a whole test module (no event loop needed);
     yields the server's base URL."""
     stub_port, port = free_port(), free_port()
-    stub = subprocess.Popen([sys.executable, "-m", "ml_stub", "--port", str(stub_port),
-                             *stub_flags], env=clean_env(), cwd=tmp,
+    stub = subprocess.Popen(stub_args(stub_port, *stub_flags), env=clean_env(), cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = subprocess.Popen(
-        [sys.executable, "-m", "oilspill", "serve"], cwd=tmp, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=clean_env(OILSPILL_PORT=str(port), OILSPILL_DATA_DIR=str(tmp / "data"),
-                      ML_SERVICE_URL=f"http://127.0.0.1:{stub_port}",
-                      OILSPILL_LOG_LEVEL="WARNING", **settings))
+        SERVER_ARGS, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=server_env(port, tmp / "data", f"http://127.0.0.1:{stub_port}",
+                       **{"OILSPILL_LOG_LEVEL": "WARNING", **settings}))
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
