@@ -170,6 +170,26 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE tasks SET tiles_done = tiles_done + 1 WHERE id = NEW.task_id;
     END;
     """,
+    """
+    -- A job finishes at its last task's own finished_at (not the moment the trigger runs,
+    -- which can be a millisecond later): the live events stream ends on that equality.
+    DROP TRIGGER tasks_counted_on_status;
+    CREATE TRIGGER tasks_counted_on_status AFTER UPDATE OF status ON tasks
+    WHEN OLD.status <> NEW.status BEGIN
+        UPDATE jobs SET
+            n_queued = n_queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
+            n_running = n_running + (NEW.status = 'running') - (OLD.status = 'running'),
+            n_done = n_done + (NEW.status = 'done') - (OLD.status = 'done'),
+            n_failed = n_failed + (NEW.status = 'failed') - (OLD.status = 'failed'),
+            finished_at = CASE
+                WHEN finished_at IS NULL
+                 AND n_queued + (NEW.status = 'queued') - (OLD.status = 'queued')
+                     + n_running + (NEW.status = 'running') - (OLD.status = 'running') = 0
+                THEN COALESCE(NEW.finished_at, (julianday('now') - 2440587.5) * 86400.0)
+                ELSE finished_at END
+        WHERE id = NEW.job_id;
+    END;
+    """,
 )
 
 

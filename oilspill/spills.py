@@ -52,7 +52,7 @@ def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str
             partial.unlink(missing_ok=True)
     placed = located(georef)
     write_geojson(out, feature_collection(slicks, image=image, pixel=not placed))
-    figures = _figures(slicks)
+    figures = _figures(slicks, placed)
     figures["bounds_lonlat"] = _bounds(georef, width, height) if placed else None
     return figures
 
@@ -87,14 +87,14 @@ def build_job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
     return out
 
 
-def _figures(slicks: Sequence[Slick]) -> dict[str, Any]:
+def _figures(slicks: Sequence[Slick], placed: bool) -> dict[str, Any]:
     """The summary's figures of a scene's slicks (areas None without a georeference)."""
     areas = [s.area_km2 for s in slicks if s.area_km2 is not None]
     largest = max((s for s in slicks if s.area_km2 is not None),
                   key=lambda s: s.area_km2 or 0.0, default=None)
     return {
         "slick_polygons": len(slicks),
-        "total_area_km2": round(sum(areas), 6) if areas else (0.0 if not slicks else None),
+        "total_area_km2": round(sum(areas), 6) if placed else None,
         "largest_slick_km2": round(largest.area_km2, 6) if largest and largest.area_km2
         else None,
         "largest_slick_centroid": (

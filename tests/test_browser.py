@@ -10,9 +10,13 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
+from affine import Affine
 
 from ml_stub.scenes import write_zip
 
@@ -66,6 +70,39 @@ def api(base: str, path: str) -> dict:
         return json.loads(resp.read())
 
 
+def fixed(value: float, places: int) -> str:
+    """JavaScript's value.toFixed(places): the double's exact value, halves away from 0."""
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP))
+
+
+def lat_lon_text(lat: float, lon: float) -> str:
+    """The page's centroid: 4 decimals and hemisphere letters."""
+    def part(value: float, positive: str, negative: str) -> str:
+        digits = fixed(abs(value), 4)
+        return f"{digits}\u00b0 {negative if value < 0 and Decimal(digits) else positive}"
+    return f"{part(lat, 'N', 'S')}, {part(lon, 'E', 'W')}"
+
+
+def write_slicks_scene(path: Path, width: int = 720, height: int = 520) -> Path:
+    """A uint16 GeoTIFF of speckled sea in UTM 33N at 10 m (3 x 3 tiles of 256 px with
+    overlap) with three dark bands of different sizes across it: three known slicks."""
+    rng = np.random.default_rng(11)
+    data = np.clip(rng.gamma(4.0, 400.0, (height, width)), 1, 65535).astype(np.uint16)
+    for top, bottom, left, right in ((80, 112, 40, 680), (280, 300, 150, 520),
+                                     (420, 436, 430, 690)):
+        data[top:bottom, left:right] //= 12
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1,
+                       dtype="uint16", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500_000, 0, -10, 6_000_000)) as dst:
+        dst.write(np.maximum(data, 1), 1)
+    return path
+
+
+def slicks_loaded(figure) -> bool:
+    return figure.get_attribute("data-filename") is not None and bool(
+        figure.find_element("css selector", ".slicks").get_attribute("data-count"))
+
+
 def wait_for(condition, timeout_s: float = 60):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -107,6 +144,22 @@ def test_upload_follow_gallery_and_download(server, browser, tmp_path):
         text = figure.find_element(By.CSS_SELECTOR, ".fraction").text
         name = figure.get_attribute("data-filename")
         assert text == f"{shown[name] * 100:.2f}% oil"
+        # No georeference (PNGs, TIFFs without a CRS): slicks and pixels, no km², no place.
+        wait_for(lambda f=figure: slicks_loaded(f))
+        slicks = figure.find_element(By.CSS_SELECTOR, ".slicks")
+        (task,) = [t for t in tasks if t["filename"] == name]
+        collection = api(server, task["result"]["spills_url"])
+        assert slicks.get_attribute("data-coordinates") == "pixel"
+        assert int(slicks.get_attribute("data-count")) == len(collection["features"])
+        assert not figure.find_elements(By.CSS_SELECTOR, ".slicks .centroid, .slicks .area")
+        assert [(r.find_element(By.CSS_SELECTOR, ".id").text,
+                 r.find_element(By.CSS_SELECTOR, ".pixels").text)
+                for r in slicks.find_elements(By.CSS_SELECTOR, "tbody tr")] == [
+            (str(f["properties"]["slick_id"]), f"{f['properties']['pixels']:,}")
+            for f in collection["features"]]
+    oil = browser.find_element(By.ID, "job-oil")
+    assert "km\u00b2" not in oil.text and "without georeference" in oil.text
+    assert oil.get_attribute("data-km2") == ""
 
     if SCREENSHOT:
         browser.save_screenshot(SCREENSHOT)
@@ -145,10 +198,16 @@ def test_overlays_are_fetched_only_near_the_screen(server, browser, tmp_path):
             "return [...document.querySelectorAll('#gallery img')]"
             ".filter(i => i.complete && i.naturalWidth > 0).length;")
 
-    before = loaded()
-    assert 0 < before < 24
+    def tables() -> int:  # the slicks' GeoJSON is fetched near the screen too
+        return browser.execute_script(
+            "return document.querySelectorAll('#gallery .slicks[data-count]').length;")
+
+    before, tables_before = loaded(), tables()
+    assert 0 < before < 24 and tables_before < 24
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight);")
-    wait_for(lambda: loaded() > before)
+    wait_for(lambda: loaded() > before and tables() > tables_before)
+    time.sleep(0.5)
+    assert tables() < 24  # the rows passed over in the jump were never near the screen
 
 
 # Every value the job bar takes, recorded in the page as it changes (no polling to miss one).
@@ -211,3 +270,71 @@ def test_a_scene_moves_the_bar_tile_by_tile(server, browser, tmp_path):
         "return i.complete && i.naturalWidth > 0;", figure))
     if SCREENSHOT:
         browser.save_screenshot(str(Path(SCREENSHOT).with_suffix(".scene.png")))
+
+
+def test_a_scenes_slicks_are_tabled_copied_and_downloaded(server, browser, tmp_path):
+    """A georeferenced scene with three slicks: its card's table shows the API's GeoJSON
+    (ids, km², length, centroid), a centroid is copied on a click, the job header sums the
+    km², and the GeoJSON link downloads every slick of the job."""
+    from selenium.webdriver.common.by import By
+
+    scene = write_slicks_scene(tmp_path / "baltic.tif")
+    browser.get(server + "/")
+    assert not browser.find_element(By.ID, "geojson").is_displayed()
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
+    browser.find_element(By.ID, "file").send_keys(str(scene))
+    wait_for(lambda: browser.find_element(By.ID, "download").is_enabled())
+    job_id = browser.find_element(By.ID, "job-id").text
+    (task,) = api(server, f"/api/job/{job_id}/tasks")["tasks"]
+    assert task["tiles_total"] > 2  # cut into tiles
+    collection = api(server, task["result"]["spills_url"])
+    props = [f["properties"] for f in collection["features"]]
+    assert [p["slick_id"] for p in props] == [1, 2, 3]  # the three bands
+
+    figure = browser.find_element(By.CSS_SELECTOR, "#gallery figure")
+    browser.execute_script("arguments[0].scrollIntoView();", figure)
+    wait_for(lambda: slicks_loaded(figure))
+    slicks = figure.find_element(By.CSS_SELECTOR, ".slicks")
+    assert slicks.get_attribute("data-coordinates") == "lonlat"
+    rows = [[r.find_element(By.CSS_SELECTOR, f".{c}").text
+             for c in ("id", "area", "length", "centroid")]
+            for r in slicks.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert rows == [[str(p["slick_id"]), fixed(p["area_km2"], 2), fixed(p["length_km"], 1),
+                     lat_lon_text(p["centroid_lat"], p["centroid_lon"])] for p in props]
+    assert all(" N, " in r[3] and r[3].endswith(" E") for r in rows)  # the Baltic
+
+    total = sum(p["area_km2"] for p in props)
+    oil = browser.find_element(By.ID, "job-oil")
+    assert float(oil.get_attribute("data-km2")) == pytest.approx(total, abs=1e-5)
+    assert oil.text.startswith(f"{fixed(total, 2)} km\u00b2 of oil in 3 slicks")
+    assert task["result"]["total_area_km2"] == pytest.approx(total, abs=1e-5)
+
+    # A click on a centroid copies it: with the clipboard API, and the old way without.
+    browser.execute_script(
+        "window.copies = [];"
+        "navigator.clipboard.writeText = (t) => { window.copies.push(['api', t]);"
+        "  return Promise.resolve(); };")
+    first = slicks.find_element(By.CSS_SELECTOR, "tbody tr .centroid button")
+    first.click()
+    wait_for(lambda: figure.find_elements(By.CSS_SELECTOR, ".slicks .note"))
+    assert figure.find_element(By.CSS_SELECTOR, ".slicks .note").text == "copied"
+    assert browser.execute_script("return window.copies") == [["api", rows[0][3]]]
+    browser.execute_script(
+        "navigator.clipboard.writeText = () => Promise.reject(new Error('denied'));"
+        "document.execCommand = (command) => { window.copies.push([command,"
+        "  document.activeElement.value]); return true; };")
+    slicks.find_elements(By.CSS_SELECTOR, "tbody tr .centroid button")[2].click()
+    wait_for(lambda: len(browser.execute_script("return window.copies")) == 2)
+    assert browser.execute_script("return window.copies")[1] == ["copy", rows[2][3]]
+
+    link = browser.find_element(By.ID, "geojson")
+    assert link.is_displayed() and link.text == "GeoJSON"
+    assert link.get_attribute("href") == f"{server}/api/job/{job_id}/spills.geojson"
+    link.click()
+    (saved,) = wait_for(lambda: list(browser.downloads.glob("*.geojson")))
+    downloaded = json.loads(saved.read_text())
+    assert saved.name == f"oilspill-spills-{job_id}.geojson"
+    assert downloaded["type"] == "FeatureCollection"
+    assert downloaded == api(server, f"/api/job/{job_id}/spills.geojson") == collection
+    if SCREENSHOT:
+        browser.save_screenshot(str(Path(SCREENSHOT).with_suffix(".slicks.png")))

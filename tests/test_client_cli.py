@@ -38,6 +38,12 @@ async def test_submit_waits_downloads_and_prints_a_table(stack_factory, tmp_path
     assert "images               5" in out and "failed               0" in out
     assert "images with oil      5" in out and "largest oil fraction" in out
     with zipfile.ZipFile(tmp_path / "results.zip") as zf:
+        rows = json.loads(zf.read("summary.json"))
+    slicks = sum(r["slick_count"] for r in rows)
+    assert slicks > 0
+    assert f"  slicks               {slicks}\n" in out
+    assert "  km\u00b2                  n/a\n" in out  # pictures: no georeference, no area
+    with zipfile.ZipFile(tmp_path / "results.zip") as zf:
         assert len([n for n in zf.namelist() if n.startswith("masks/")]) == 5
     assert "\r" not in err  # no progress bars when stderr is not a terminal
 
@@ -53,6 +59,8 @@ async def test_submit_a_folder_with_json_output(stack_factory, tmp_path):
     assert code == 0
     report = json.loads(out)
     assert (report["images"], report["done"], report["failed"]) == (4, 4, 0)
+    assert report["slicks"] == sum(r["slick_count"] for r in report["rows"])
+    assert report["total_area_km2"] is None  # pictures without georeference
     assert {r["filename"] for r in report["rows"]} == {f"sub/scene_{i:03d}.png"
                                                        for i in range(4)}
     assert Path(report["result"]).is_file()
@@ -73,6 +81,9 @@ async def test_submit_a_bare_geotiff_scene(stack_factory, tmp_path):
         (row,) = json.loads(zf.read("summary.json"))
         mask = zf.read("masks/gulf_scene.tif")
     assert (row["filename"], row["tiles"], row["crs"]) == ("gulf_scene.tif", 9, "EPSG:32633")
+    assert row["total_area_km2"] > 0
+    assert f"  slicks               {row['slick_count']}\n" in out
+    assert f"  km\u00b2                  {row['total_area_km2']:.2f}\n" in out
     with MemoryFile(mask) as memory, memory.open() as dataset:
         assert (dataset.width, dataset.height, dataset.crs.to_epsg()) == (700, 500, 32633)
         assert dataset.transform.a == 10.0
@@ -83,6 +94,9 @@ async def test_submit_a_bare_geotiff_scene(stack_factory, tmp_path):
     assert code == 0
     report = json.loads(out)
     assert (report["images"], report["done"], report["tiles"]) == (1, 1, 10)
+    (row,) = report["rows"]
+    assert report["slicks"] == row["slick_count"] >= 1
+    assert report["total_area_km2"] == pytest.approx(row["total_area_km2"])
 
 
 @pytest.mark.parametrize(("head", "content_type"), [
@@ -120,6 +134,13 @@ async def test_failed_images_exit_1_with_a_reason(stack_factory, tmp_path):
     assert code == 1
     assert err.strip().splitlines()[-1] == "oilspill: 1 of 3 images failed"
     assert "failed: broken.png: cannot read image" in out
+    job_id = out.split(":", 1)[0].removeprefix("job ")
+    code, out, err = await oilspill(tmp_path, "fetch", job_id, "--server", stack.base,
+                                    "--geojson", "slicks.geojson")
+    assert code == 1  # like fetch: the job has a failed image
+    assert "  km\u00b2                  n/a\n" in out  # pictures: pixels, no area
+    assert err.strip().splitlines()[-1] == "oilspill: 1 of 3 images failed"
+    assert json.loads((tmp_path / "slicks.geojson").read_text())["type"] == "FeatureCollection"
 
 
 async def test_a_refused_upload_exits_3(stack_factory, tmp_path):
@@ -171,10 +192,62 @@ async def test_submit_survives_a_server_restart_mid_job(stack_factory, tmp_path)
     assert "done                 12" in out and "failed               0" in out
 
 
+async def test_fetch_geojson_saves_only_the_jobs_slicks(stack_factory, tmp_path):
+    """`fetch --geojson FILE`: for a satellite link, only the job's GeoJSON (kilobytes),
+    equal to the API's; no zip is built or downloaded."""
+    stack = await stack_factory(OILSPILL_TILE_PX="256", OILSPILL_TILE_OVERLAP_PX="32")
+    write_scene(tmp_path / "gulf_scene.tif")
+    code, out, err = await oilspill(tmp_path, "submit", "gulf_scene.tif", "--server",
+                                    stack.base, "--no-wait")
+    assert code == 0, err
+    job_id = out.strip()
+    code, out, err = await oilspill(tmp_path, "fetch", job_id, "--server", stack.base,
+                                    "--geojson", "slicks.geojson")
+    assert code == 0, err
+    saved = json.loads((tmp_path / "slicks.geojson").read_text())
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, stack.base)
+        status, job = await api.get(f"/api/job/{job_id}")
+        assert status == 200 and job["finished_at"] is not None
+        assert job["archive_url"] is None  # the result zip was never built
+        async with session.get(f"{stack.base}/api/job/{job_id}/spills.geojson") as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/geo+json"
+            served = json.loads(await resp.read())
+    assert saved == served
+    assert saved["type"] == "FeatureCollection" and "properties" not in saved  # lon/lat
+    props = [f["properties"] for f in saved["features"]]
+    assert props and all(f["geometry"]["type"] in ("Polygon", "MultiPolygon")
+                         for f in saved["features"])
+    assert [p["slick_id"] for p in props] == list(range(1, len(props) + 1))
+    total = sum(p["area_km2"] for p in props)
+    assert f"job {job_id}: slicks in slicks.geojson" in out
+    assert f"  slicks               {len(props)}\n" in out
+    assert f"  km\u00b2                  {total:.2f}\n" in out
+    assert not list(tmp_path.glob("*.zip")) and not list(tmp_path.glob("*.part"))
+
+    code, out, _ = await oilspill(tmp_path, "fetch", job_id, "--server", stack.base,
+                                  "--geojson", "again.geojson", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert (report["job_id"], report["status"], report["slicks"]) == (job_id, "done",
+                                                                      len(props))
+    assert report["total_area_km2"] == pytest.approx(total, abs=1e-5)
+    assert Path(report["geojson"]) == (tmp_path / "again.geojson").resolve()
+    assert json.loads((tmp_path / "again.geojson").read_text()) == served
+    assert not list(tmp_path.glob("*.zip"))
+
+    code, _, err = await oilspill(tmp_path, "fetch", job_id, "--server", stack.base,
+                                  "--geojson", "x.geojson", "--out", "x.zip")
+    assert code == 2 and "exclusive" in err
+
+
 def test_the_client_starts_without_the_servers_heavy_imports():
-    """A field laptop starts `oilspill submit` fast: no numpy, scipy or Pillow on the way."""
+    """A field laptop starts `oilspill submit` fast: no numpy, scipy, Pillow, rasterio,
+    shapely or pyproj on the way."""
     code = ("import sys, oilspill.cli, oilspill.client.commands; "
-            "print(sorted(m for m in ('numpy', 'scipy', 'PIL', 'rasterio') if m in sys.modules))")
+            "print(sorted(m for m in ('numpy', 'scipy', 'PIL', 'rasterio', 'shapely', "
+            "'pyproj') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "[]"

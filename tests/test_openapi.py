@@ -21,7 +21,7 @@ from oilspill.config import Settings
 from oilspill.web.app import create_app
 from oilspill.web.openapi import document
 
-from .conftest import wait_finished
+from .conftest import scene_png, upload, wait_finished, zip_bytes
 from .procs import live_stack
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
@@ -82,6 +82,13 @@ async def test_a_tiled_scene_conforms_to_the_document(aiohttp_client, settings, 
     accepted = await resp.json()
     conforms(accepted, "Accepted")
     job_id, (task_id,) = accepted["job_id"], accepted["task_ids"]
+    early = await client.get(f"/api/job/{job_id}/spills.geojson")
+    if early.status == 409:  # ten units of work: it is all but sure to be still running
+        conforms(await early.json(), "Error")
+        assert (await early.json())["error"]["code"] == "job_not_finished"
+    else:
+        assert early.status == 200
+        assert (await client.get(f"/api/job/{job_id}")).status == 200
 
     job = await wait_finished(client, job_id, 60)
     conforms(job, "Job")
@@ -107,6 +114,87 @@ async def test_a_tiled_scene_conforms_to_the_document(aiohttp_client, settings, 
         assert resp.content_type in document()["paths"][f"/api/task/{{task_id}}/{kind}"][
             "get"]["responses"]["200"]["content"]
         assert resp.content_type == media_type
+
+    # The slicks: the task's and the job's GeoJSON, in lon/lat, as the document says.
+    result = task["result"]
+    assert result["spills_url"] == f"/api/task/{task_id}/spills.geojson"
+    assert result["crs"] == "EPSG:32633" and result["total_area_km2"] > 0
+    west, south, east, north = result["bounds_lonlat"]
+    assert 14.9 < west < east < 15.2 and 54.0 < south < north < 54.2  # 33N, 6000 km north
+    collection = await geojson(client, result["spills_url"], "/api/task/{task_id}/spills.geojson")
+    assert "properties" not in collection  # lon/lat, not pixels
+    slicks = [f["properties"] for f in collection["features"]]
+    assert len(slicks) == result["scene"]["slick_polygons"] >= 1
+    assert [s["slick_id"] for s in slicks] == list(range(1, len(slicks) + 1))
+    assert sum(s["area_km2"] for s in slicks) == pytest.approx(result["total_area_km2"],
+                                                               abs=1e-5)
+    assert all(west <= s["centroid_lon"] <= east and south <= s["centroid_lat"] <= north
+               for s in slicks)
+    whole = await geojson(client, f"/api/job/{job_id}/spills.geojson",
+                          "/api/job/{job_id}/spills.geojson")
+    assert whole == collection  # one image: the job's file is its file
+
+
+async def geojson(client: Any, url: str, documented: str) -> dict[str, Any]:
+    """GET a GeoJSON body, checked against the document: status, media type, headers, body."""
+    resp = await client.get(url)
+    assert resp.status == 200, await resp.text()
+    response = document()["paths"][documented]["get"]["responses"]["200"]
+    assert resp.content_type == "application/geo+json"
+    assert set(response["content"]) == {"application/geo+json"}
+    for header, spec in response.get("headers", {}).items():
+        assert not spec.get("required") or header in resp.headers
+    body: dict[str, Any] = json.loads(await resp.read())
+    conforms(body, "SpillCollection")
+    assert body["type"] == "FeatureCollection"
+    return body
+
+
+async def test_pictures_slicks_conform_to_the_document(client):
+    """Plain pictures, without georeference: their slicks in pixel coordinates, areas null;
+    a task without a mask and a deleted job answer with documented errors."""
+    images = {f"scene_{i}.png": scene_png(160, 160, seed=i) for i in range(3)}
+    broken = b"\x89PNG\r\n\x1a\n" + b"\0" * 50  # a PNG signature, then nothing readable
+    status, accepted = await upload(client, zip_bytes({**images, "broken.png": broken}))
+    assert status == 202, accepted
+    job_id = accepted["job_id"]
+    await wait_finished(client, job_id)
+    tasks = (await (await client.get(f"/api/job/{job_id}/tasks")).json())["tasks"]
+    assert sorted(t["status"] for t in tasks) == ["done", "done", "done", "failed"]
+    features = []
+    for task in tasks:
+        conforms(task, "Task")
+        if task["status"] == "failed":
+            resp = await client.get(f"/api/task/{task['task_id']}/spills.geojson")
+            assert resp.status == 404
+            conforms(await resp.json(), "Error")
+            continue
+        result = task["result"]
+        assert (result["crs"], result["bounds_lonlat"], result["total_area_km2"]) == (
+            None, None, None)
+        collection = await geojson(client, result["spills_url"],
+                                   "/api/task/{task_id}/spills.geojson")
+        assert collection["properties"] == {"coordinates": "pixel"}
+        assert len(collection["features"]) == result["slick_count"]
+        for feature in collection["features"]:
+            props = feature["properties"]
+            assert props["image"] == task["filename"]
+            assert (props["area_km2"], props["centroid_lat"], props["centroid_lon"]) == (
+                None, None, None)
+            assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
+        features += collection["features"]
+    assert features  # the stub finds oil in these scenes
+    whole = await geojson(client, f"/api/job/{job_id}/spills.geojson",
+                          "/api/job/{job_id}/spills.geojson")
+    assert whole == {"type": "FeatureCollection", "features": features,
+                     "properties": {"coordinates": "pixel"}}
+
+    assert (await client.delete(f"/api/job/{job_id}")).status == 200
+    for url in (f"/api/job/{job_id}/spills.geojson",
+                f"/api/task/{tasks[0]['task_id']}/spills.geojson"):
+        resp = await client.get(url)
+        assert resp.status == 410, url
+        conforms(await resp.json(), "Error")
 
 
 async def test_a_bad_bare_scene_is_refused_with_a_documented_code(client, tmp_path):

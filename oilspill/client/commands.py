@@ -158,7 +158,10 @@ def _summary(zip_path: Path) -> dict[str, Any]:
             "images_with_oil": sum(f > 0 for f in fractions),
             "largest_oil_fraction": max(fractions, default=None),
             "slicks": sum(r.get("slick_count") or 0 for r in rows),
-            "total_area_km2": _total_km2([r.get("total_area_km2") for r in rows]),
+            # Only georeferenced rows (with bounds) have an area: a scene without a
+            # georeference and without slicks says 0 km², not "unknown".
+            "total_area_km2": _total_km2([r.get("total_area_km2") for r in rows
+                                          if r.get("bounds") is not None]),
             "rows": rows}
 
 
@@ -210,8 +213,10 @@ def _geojson_summary(path: Path) -> dict[str, Any]:
     if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
         raise ValueError(f"{path} is not a GeoJSON FeatureCollection")
     features = collection.get("features") or []
+    if collection.get("properties") == {"coordinates": "pixel"}:  # no georeference
+        return {"slicks": len(features), "total_area_km2": None}
     areas = [(f.get("properties") or {}).get("area_km2") for f in features]
-    return {"slicks": len(features), "total_area_km2": _total_km2(areas)}
+    return {"slicks": len(features), "total_area_km2": _total_km2(areas) or 0.0}
 
 
 def _report_geojson(job: dict[str, Any], summary: dict[str, Any], path: Path,

@@ -214,7 +214,10 @@ async def get_task_spills(request: web.Request) -> web.FileResponse:
 async def get_job_spills(request: web.Request) -> web.FileResponse:
     """GET /api/job/{job_id}/spills.geojson: every slick of a finished job, built once."""
     job = await load_job(request)
-    path = await request.app[keys.ARCHIVES].ensure_spills(job.id)
+    try:
+        path = await request.app[keys.ARCHIVES].ensure_spills(job.id)
+    except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
+        raise ApiError(404, "not_found", f"job {job.id} has no slicks file") from exc
     return web.FileResponse(path, headers={
         "Content-Type": GEOJSON,
         "Content-Disposition": f'attachment; filename="oilspill-spills-{job.id}.geojson"'})
