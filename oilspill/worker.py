@@ -252,8 +252,9 @@ class WorkerPool:
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
         await self._recorder.failed(task.id, reason, width, height)
-        if task.tiled:
+        if task.tiled:  # its working files (a draft the size of the scene) go now
             self._forget_scene(task)
+            await asyncio.to_thread(drop_work, JobPaths(self._jobs_dir, task.job_id), task.seq)
 
     # --- scenes -----------------------------------------------------------------------------
 
