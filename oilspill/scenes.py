@@ -257,11 +257,11 @@ def mirror_into_border(grey: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes | None,
-                   paths: JobPaths, unit: TileUnit) -> Path:
+                   paths: JobPaths, unit: TileUnit) -> list[Path]:
     """Check the ML service's answer is a mask of the unit's size and keep it (written whole,
     then renamed); None means no call was made: an empty mask. A tile's core goes into the
     stitched mask's draft at once; the overview's picture is kept for the quick-look.
-    Raises UnreadableImage."""
+    Returns the files written (to make durable). Raises UnreadableImage."""
     width, height = unit_shape(unit)
     target = paths.tile_mask(unit.task.seq, unit.idx)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -285,9 +285,17 @@ def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes |
             answer.unlink(missing_ok=True)
     if unit.kind is UnitKind.TILE:
         ctx.write_core(unit, target)
-    elif sent is not None:
-        paths.overview_grey(unit.task.seq).write_bytes(sent)
-    return target
+        return [target]
+    if sent is None:
+        return [target]
+    picture = paths.overview_grey(unit.task.seq)
+    partial = paths.scene_partial(unit.task.seq, picture.name)
+    try:
+        partial.write_bytes(sent)
+        os.replace(partial, picture)
+    finally:
+        partial.unlink(missing_ok=True)
+    return [target, picture]
 
 
 def _georef(info: SceneInfo) -> Georef:

@@ -68,6 +68,9 @@ class WorkerPool:
         # Each scene's context, made once by the first of its units (by task id).
         self._scenes: dict[str, SceneContext] = {}
         self._scene_locks: dict[str, asyncio.Lock] = {}
+        # Scenes that failed or whose job was deleted: their units still claimed or in
+        # flight are passed over, never building a new context (task ids).
+        self._ended_scenes: set[str] = set()
         self._metrics = metrics
         # Twice as many workers as ML slots: while some read images, keep answers or wait
         # for their group commit, others hold every slot, so the ML service never waits.
@@ -130,6 +133,10 @@ class WorkerPool:
 
     def abandon_job(self, job_id: str) -> int:
         """Cancel this job's calls in flight (its rows are gone); return how many."""
+        units = [unit for unit, _ in self._inflight.values()] + list(self._claimed.values())
+        for unit in units:
+            if isinstance(unit, TileUnit) and unit.job_id == job_id:
+                self._end_scene(unit.task)
         children = [child for unit, child in self._inflight.values() if unit.job_id == job_id]
         for child in children:
             child.cancel()
@@ -183,6 +190,8 @@ class WorkerPool:
                 # A bug must not kill the worker or leave the job unfinished.
                 logger.exception("job %s task %s: internal error on %s", task.job_id, task.id,
                                  unit.key)
+                if task.tiled:
+                    self._end_scene(task)
                 with contextlib.suppress(Exception):
                     # The task's error is shown to users: the detail stays in the log.
                     await self._recorder.failed(
@@ -193,6 +202,8 @@ class WorkerPool:
                 if not child.cancelled() or not self._stopping:
                     self._claimed.pop(unit.key, None)
                     self._called.discard(unit.key)
+                if task.tiled and task.id in self._ended_scenes:
+                    await self._drop_ended_scene(task)
 
     async def _process(self, task: Task) -> None:
         paths = JobPaths(self._jobs_dir, task.job_id)
@@ -252,9 +263,8 @@ class WorkerPool:
                     height: int | None = None) -> None:
         logger.warning("job %s task %s: failed: %s", task.job_id, task.id, reason)
         await self._recorder.failed(task.id, reason, width, height)
-        if task.tiled:  # its working files (a draft the size of the scene) go now
-            self._forget_scene(task)
-            await asyncio.to_thread(drop_work, JobPaths(self._jobs_dir, task.job_id), task.seq)
+        if task.tiled:
+            self._end_scene(task)
 
     # --- scenes -----------------------------------------------------------------------------
 
@@ -276,8 +286,24 @@ class WorkerPool:
         self._scenes.pop(task.id, None)
         self._scene_locks.pop(task.id, None)
 
+    def _end_scene(self, task: Task) -> None:
+        """The scene failed or its job was deleted: its other units are passed over."""
+        self._ended_scenes.add(task.id)
+        self._forget_scene(task)
+
+    async def _drop_ended_scene(self, task: Task) -> None:
+        """Once no unit of an ended scene is claimed or in flight, its working files (a
+        draft the size of the scene) go."""
+        if any(isinstance(u, TileUnit) and u.task.id == task.id
+               for u in [*self._claimed.values(), *(u for u, _ in self._inflight.values())]):
+            return
+        self._ended_scenes.discard(task.id)
+        await asyncio.to_thread(drop_work, JobPaths(self._jobs_dir, task.job_id), task.seq)
+
     async def _process_unit(self, unit: TileUnit) -> None:
         task = unit.task
+        if task.id in self._ended_scenes:
+            return  # its row went with the scene's failure or its job
         paths = JobPaths(self._jobs_dir, task.job_id)
         try:
             ctx = await self._scene(task)
@@ -304,6 +330,8 @@ class WorkerPool:
                 self._called.add(unit.key)
             sent = body if unit.kind is UnitKind.OVERVIEW else None
             kept = await asyncio.to_thread(keep_unit_mask, ctx, answer, sent, paths, unit)
+            if task.id in self._ended_scenes:
+                return  # the scene failed meanwhile
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()
@@ -312,7 +340,7 @@ class WorkerPool:
         except (MLRejected, UnreadableImage) as exc:
             await self._fail(task, f"{unit.kind.value} {unit.idx} at {unit.window}: {exc}")
             return
-        await self._recorder.tile_done(task.id, unit.idx, [kept])
+        await self._recorder.tile_done(task.id, unit.idx, kept)
         logger.debug("job %s task %s: %s %d done%s", task.job_id, task.id, unit.kind.value,
                      unit.idx, "" if body is not None else " (no valid pixel, not sent)")
 
