@@ -52,7 +52,7 @@ from .georef import (
     write_by_strips,
     write_tif,
 )
-from .procs import Api
+from .procs import Api, poll
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -702,3 +702,22 @@ async def test_a_picture_larger_than_a_tile_is_tiled_and_keeps_a_png_mask(
     assert mask.shape == (1200, 1500)
     found = (mask & scene.truth).sum() / (mask | scene.truth).sum()
     assert found >= 0.7, found
+
+
+async def test_a_scene_whose_tiles_fail_fails_cleanly_and_leaves_no_working_files(
+        aiohttp_client, settings, start_stub, tmp_path):
+    """A service that answers pictures, not masks (the original YOLO service), cannot be
+    stitched: the scene fails with that reason, its other tiles are passed over, and its
+    working folder (survey, tile masks, a draft the size of the scene) is removed."""
+    path, _, _, _ = border_scene(tmp_path)
+    annotating = await start_stub(mode="annotated")
+    client = await scene_client(aiohttp_client, settings.with_changes(
+        ml_service_url=annotating, data_dir=tmp_path / "data"))
+    done = await run(client, path.read_bytes())
+    assert (done.job["done"], done.job["failed"]) == (0, 1), done.job
+    assert "mask" in done.task["error"] and "internal error" not in done.task["error"]
+    scenes = tmp_path / "data" / "jobs" / done.job["job_id"] / "scenes"
+
+    async def cleaned() -> bool | None:
+        return True if not any(scenes.iterdir()) else None
+    await poll(cleaned, "the failed scene's working folder to go", 30)
