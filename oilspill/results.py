@@ -133,6 +133,20 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str,
     return rows
 
 
+def task_overlay(paths: JobPaths, task: Task, max_px: int) -> Path | None:
+    """A done mask's overlay: a scene's quick-look, drawn by strips when it was stitched and
+    never redrawn whole (None if it is gone), or a picture's, drawn on first use and kept."""
+    if not task.has_overlay or task.result_name is None:
+        return None
+    if task.tiled:
+        quicklook = paths.overlay(task.result_name)
+        return quicklook if quicklook.is_file() else None
+    return ensure_overlay(paths.image(task.stored_name),
+                          paths.result(ResultKind.MASK, task.result_name),
+                          paths.overlay(task.result_name),
+                          paths.overlay_partial(task.result_name), max_px)
+
+
 def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int) -> Path:
     """Write the job's result zip (masks/, overlays/, results/, summary.csv, summary.json,
     README.txt) atomically."""
@@ -148,11 +162,7 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int
             # PNG and JPEG are compressed already: store them as they are.
             zf.write(paths.result(task.result_kind, task.result_name), result,
                      compress_type=zipfile.ZIP_STORED)
-            if overlay and not (task.tiled and not paths.overlay(task.result_name).is_file()):
-                drawn = ensure_overlay(paths.image(task.stored_name),
-                                       paths.result(task.result_kind, task.result_name),
-                                       paths.overlay(task.result_name),
-                                       paths.overlay_partial(task.result_name), overlay_max_px)
+            if overlay and (drawn := task_overlay(paths, task, overlay_max_px)) is not None:
                 zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
             if spills := _spills_entry(task, stems.get(task.id)):
                 zf.write(ensure_task_spills(paths, task), spills)

@@ -32,6 +32,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from .config import Settings
+from .geo import GDAL_OPTIONS
 from .geo.quicklook import render_quicklook
 from .geo.safe import Calibration
 from .geo.scale import Stretch, grey_png, to_grey
@@ -155,7 +156,7 @@ def picture_as_scene(paths: JobPaths, stored_name: str, settings: SceneSettings
     target = paths.picture_scene(stored_name)
     partial = partial_beside(target)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=64, GDAL_PAM_ENABLED="NO"):
+        with rasterio.Env(**GDAL_OPTIONS):
             rasterio.shutil.copy(source, partial, driver="GTiff", TILED="YES",
                                  BLOCKXSIZE=512, BLOCKYSIZE=512, BIGTIFF="IF_SAFER")
         os.replace(partial, target)
@@ -170,7 +171,7 @@ def _picture_size(source: Path) -> tuple[int, int]:
     """(width, height) of a PNG or JPEG, from its header, by GDAL's own drivers only."""
     for driver in _PICTURE_DRIVERS:
         try:
-            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", GDAL_PAM_ENABLED="NO"), \
+            with rasterio.Env(**GDAL_OPTIONS), \
                     rasterio.open(source, driver=driver) as src:
                 return int(src.width), int(src.height)
         except RasterioError:
@@ -342,7 +343,7 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
         mask = paths.result(ResultKind.MASK, name)
         partial = paths.mask_partial(name)
         try:
-            with rasterio.Env(GDAL_CACHEMAX=64, GDAL_PAM_ENABLED="NO"):
+            with rasterio.Env(**GDAL_OPTIONS):
                 rasterio.shutil.copy(cog, partial, driver="PNG", ZLEVEL=6)
             os.replace(partial, mask)
         finally:

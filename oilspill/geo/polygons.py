@@ -43,7 +43,8 @@ from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon, shape
 
 from ..masks import OIL_LEVEL
-from .stitch import GDAL_CACHE_MIB, BadMask, Georef
+from . import GDAL_OPTIONS
+from .stitch import BadMask, Georef
 
 Outline: TypeAlias = Polygon | MultiPolygon
 Coords: TypeAlias = npt.NDArray[np.float64]
@@ -105,7 +106,7 @@ def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
                          f"{simplify_px}")
     joiner = _Joiner()
     done: list[tuple[Outline, int]] = []
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(mask_path) as src:
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(mask_path) as src:
         if src.count != 1 or src.dtypes[0] != "uint8":
             raise BadMask(f"{mask_path.name}: {src.count} band(s) of {src.dtypes[0]}; "
                           "expected one uint8 band")

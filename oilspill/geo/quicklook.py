@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from ..masks import OIL_LEVEL, OVERLAY_PALETTE
 from ..paths import partial_beside
-from .stitch import GDAL_CACHE_MIB
+from . import GDAL_OPTIONS
 
 # scene_reader(window, (rows, cols)): the window of the scene as 8-bit grey, resampled to
 # (rows, cols). The caller owns the scene's scaling (dB, percentiles).
@@ -40,7 +40,7 @@ def render_quicklook(scene_reader: SceneReader, mask_path: Path, out_path: Path,
         raise ValueError(f"need max_px >= 1 and strip_rows >= 1, got {max_px}, {strip_rows}")
     part = partial_beside(out_path)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
+        with rasterio.Env(**GDAL_OPTIONS):
             with rasterio.open(mask_path) as mask:
                 width, height = quicklook_shape(mask.width, mask.height, max_px)
                 nodata = mask.nodata

@@ -6,7 +6,7 @@ runs from its first to its last pixel that is neither 0, nodata nor NaN; inside 
 pixel but nodata and NaN is valid, zeros included (a dark slick can be truly 0).
 
 Memory stays bounded whatever the scene's size: reads are by window (by strips of about
-STRIP_BYTES of work arrays when surveying), GDAL's block cache is capped at GDAL_CACHE_MIB,
+STRIP_BYTES of work arrays when surveying), GDAL's block cache is capped (geo.GDAL_OPTIONS),
 and blocks over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
 """
 
@@ -27,7 +27,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
-from . import scale
+from . import GDAL_OPTIONS, scale
 from .scale import DbKind
 
 if TYPE_CHECKING:
@@ -35,15 +35,12 @@ if TYPE_CHECKING:
 
 SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "float32"})
 SCENE_DRIVERS = ("GTiff", "JP2OpenJPEG")  # tried in turn; never VRT & co, which open other files
-GDAL_CACHE_MIB = 64  # GDAL's default is 5% of RAM: far over our budget on a big server
 MAX_BLOCK_BYTES = 64 * 2**20  # GDAL decodes a whole block even to read one pixel of it
 STRIP_BYTES = 32 * 2**20  # work arrays of one survey strip
 _WORK_BYTES_PER_PIXEL = 40  # raw, masks, float32 values, calibration LUT, dB, bin indices
 _SURVEY_FORMAT = 1
 # Reads never look at sidecar files (an uploaded .aux.xml or .ovr must not change a scene),
 # never write any, and never use overviews (their pixels are not the scene's).
-_GDAL_OPTIONS = {"GDAL_CACHEMAX": GDAL_CACHE_MIB, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-                 "GDAL_PAM_ENABLED": "NO"}
 
 # A rasterio Window or (col_off, row_off, width, height), in whole pixels.
 WindowLike: TypeAlias = "Window | tuple[int, int, int, int]"
@@ -103,7 +100,7 @@ def _open(path: Path, driver: str, for_pixels: bool = True) -> Iterator[DatasetR
     # OVERVIEW_LEVEL=NONE wraps the dataset, and the wrapper hands rasterio an uninitialised
     # geotransform when the file has none: headers are read from the plain dataset.
     options = {"OVERVIEW_LEVEL": "NONE"} if for_pixels else {}
-    with rasterio.Env(**_GDAL_OPTIONS), rasterio.open(path, driver=driver, **options) as src:
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(path, driver=driver, **options) as src:
         yield src
 
 
@@ -343,8 +340,7 @@ def _read(src: DatasetReader, info: SceneInfo, window: Window,
 def read_raw(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
              out_shape: tuple[int, int] | None = None
              ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    """A window's raw values (nearest to out_shape) and valid mask, plus the sampled rows
-    and columns (for a calibration table)."""
+    """A window's raw values (nearest to out_shape) and its valid mask."""
     if (survey.width, survey.height) != (info.width, info.height):
         raise ValueError("the survey is of another scene")
     col_off, row_off, width, height = _window_tuple(window, info.width, info.height)

@@ -45,6 +45,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..masks import OIL_LEVEL
 from ..paths import partial_beside
+from . import GDAL_OPTIONS
 from .tiles import Tile
 
 NODATA = 127  # see the module docstring
@@ -52,7 +53,6 @@ OIL = 255
 # Rows per strip when counting: ~8 bytes per pixel of a strip at once (labels are int32),
 # about 27 MiB on a Sentinel-1 scene's width.
 STRIP_ROWS = 128
-GDAL_CACHE_MIB = 64  # GDAL's default is 5% of RAM: far over our budget on a big server
 OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (_large_components)
 _EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
 
@@ -141,7 +141,7 @@ def create_draft(draft: Path, width: int, height: int, georef: Georef | None) ->
     if georef.transform is not None:
         profile["transform"] = Affine(*georef.transform)
         profile["crs"] = CRS.from_user_input(georef.crs_wkt) if georef.crs_wkt else None
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(draft, "w", **profile) as dst:
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(draft, "w", **profile) as dst:
         if georef.gcps:
             crs = CRS.from_user_input(georef.gcps_crs_wkt) if georef.gcps_crs_wkt else None
             dst.gcps = ([GroundControlPoint(row=r, col=c, x=x, y=y, z=z)
@@ -152,7 +152,7 @@ def write_core(draft: Path, width: int, height: int, tile: Tile, mask_png: Path,
                valid: Callable[[Window], np.ndarray] | None) -> None:
     """Write one tile's core into the draft (callers serialise writes to one draft)."""
     core = _core(tile, mask_png, width, height, valid, None)
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(draft, "r+") as dst:
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(draft, "r+") as dst:
         dst.write(core, 1, window=tile.core_window)
 
 
@@ -164,7 +164,7 @@ def finish_mask(draft: Path, out_path: Path, *, overview: Path | None, large_px:
         raise ValueError("an overview mask needs large_px >= 1")
     part = part_path or partial_beside(out_path)
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB):
+        with rasterio.Env(**GDAL_OPTIONS):
             if overview is not None:
                 _add_large(draft, _large_components(overview, *_size(draft), large_px))
             stats = mask_stats(draft, strip_rows)
@@ -273,7 +273,7 @@ def mask_stats(path: Path, strip_rows: int = STRIP_ROWS) -> MaskStats:
     if strip_rows < 1:
         raise ValueError(f"strip_rows must be >= 1, got {strip_rows}")
     valid_pixels = oil_pixels = 0
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MIB), rasterio.open(path) as src:
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(path) as src:
         width, height, nodata = src.width, src.height, src.nodata
         slicks = _StripComponents(width)
         for top in range(0, height, strip_rows):

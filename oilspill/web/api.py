@@ -17,8 +17,9 @@ from aiohttp.http import HttpProcessingError
 
 from ..geo.stitch import BadMask
 from ..jobs import Job, ResultKind, Task, TaskStatus
-from ..masks import UnreadableImage, ensure_overlay
+from ..masks import UnreadableImage
 from ..paths import JobPaths, is_id, job_id_of_archive
+from ..results import task_overlay
 from ..spills import ensure_task_spills
 from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi
@@ -182,19 +183,14 @@ async def get_picture(request: web.Request) -> web.FileResponse:
 async def get_overlay(request: web.Request) -> web.FileResponse:
     """GET /api/task/{task_id}/overlay: the input in grey with the oil tinted (PNG)."""
     task = await load_task(request)
-    if not task.has_overlay or task.result_name is None:
-        raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
-    if task.tiled:  # drawn by strips when the scene was stitched; never redrawn whole here
-        return await _serve_file(paths.overlay(task.result_name),
-                                 f"task {task.id} has no overlay")
     try:
-        overlay = await asyncio.to_thread(
-            ensure_overlay, paths.image(task.stored_name),
-            paths.result(ResultKind.MASK, task.result_name), paths.overlay(task.result_name),
-            paths.overlay_partial(task.result_name), request.app[keys.SETTINGS].overlay_max_px)
+        overlay = await asyncio.to_thread(task_overlay, paths, task,
+                                          request.app[keys.SETTINGS].overlay_max_px)
     except (OSError, UnreadableImage) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no overlay") from exc
+    if overlay is None:
+        raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     return web.FileResponse(overlay)
 
 
