@@ -134,7 +134,8 @@ class Settings:
     cors_origins: str = _setting(
         "OILSPILL_CORS_ORIGINS", "",
         "Comma-separated origins allowed to call the API from a browser on another origin, "
-        "e.g. `https://ops.example.org`; empty: no CORS headers.")
+        "e.g. `http://localhost:3000` for the original web front end; `*`: any origin; "
+        "empty: no CORS headers.")
     metrics_public: bool = _setting(
         "OILSPILL_METRICS_PUBLIC", True,
         "1: GET /metrics is open (for a Prometheus on the same network); 0: it needs the "

@@ -153,6 +153,7 @@ class Job:
     archive_name: the result zip's file name once built (served by /api/download/).
     skipped: entries of the zip that were not images, as (filename, reason) pairs.
     tiles_total / tiles_done: ML units of all its tasks (see Task).
+    user_hash: the job's handle for the original front end's routes (paths.new_user_hash).
     """
 
     id: str
@@ -164,6 +165,7 @@ class Job:
     progress: Progress
     tiles_total: int = 0
     tiles_done: int = 0
+    user_hash: str | None = None
 
     @property
     def finished(self) -> bool:

@@ -7,6 +7,7 @@ A file being written carries a partial name until it is complete and renamed int
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,20 @@ def partial_beside(path: Path, role: str = "") -> Path:
 def new_id() -> str:
     """A random UUID4 string, for jobs and tasks."""
     return str(uuid.uuid4())
+
+
+def new_user_hash() -> str:
+    """A job's second handle, for the original front end's routes: 128 random bits as 32
+    hex digits. Never derived from the job id, so knowing one does not give the other."""
+    return secrets.token_hex(16)
+
+
+_USER_HASH = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_user_hash(value: str) -> bool:
+    """True for the form `new_user_hash` hands out (no dot: never a result zip's name)."""
+    return _USER_HASH.match(value) is not None
 
 
 def is_id(value: str) -> bool:

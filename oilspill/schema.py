@@ -190,6 +190,11 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE id = NEW.job_id;
     END;
     """,
+    """
+    -- The original front end's handle on a job: a random secret of its own, unique.
+    ALTER TABLE jobs ADD COLUMN user_hash TEXT;
+    CREATE UNIQUE INDEX jobs_by_user_hash ON jobs(user_hash);
+    """,
 )
 
 

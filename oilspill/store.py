@@ -187,14 +187,15 @@ class Store:
     # --- jobs -----------------------------------------------------------------------------
 
     async def create_job(self, job_id: str, upload_name: str, tasks: Sequence[NewTask],
-                         skipped: Iterable[tuple[str, str]] = ()) -> None:
+                         skipped: Iterable[tuple[str, str]] = (),
+                         user_hash: str | None = None) -> None:
         """Record a job and all its tasks (queued) atomically: all of them or nothing."""
         now = _now()
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO jobs (id, upload_name, created_at, skipped)"
-                " VALUES (:id, :name, :now, :skipped)",
-                {"id": job_id, "name": upload_name, "now": now,
+                "INSERT INTO jobs (id, upload_name, created_at, skipped, user_hash)"
+                " VALUES (:id, :name, :now, :skipped, :user_hash)",
+                {"id": job_id, "name": upload_name, "now": now, "user_hash": user_hash,
                  "skipped": json.dumps([list(s) for s in skipped])},
             )
             await db.executemany(
@@ -240,7 +241,15 @@ class Store:
             finished_at=row["finished_at"], archive_name=row["archive_name"],
             skipped=tuple((s[0], s[1]) for s in json.loads(row["skipped"])),
             progress=progress, tiles_total=row["tiles_total"], tiles_done=row["tiles_done"],
+            user_hash=row["user_hash"],
         )
+
+    async def job_id_of_user_hash(self, user_hash: str) -> str | None:
+        """The id of the job this user hash belongs to; None if no job (still) has it."""
+        async with self._reader.execute("SELECT id FROM jobs WHERE user_hash = ?",
+                                        (user_hash,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row["id"])
 
     async def list_tasks(self, job_id: str, offset: int = 0, limit: int = -1) -> list[Task]:
         """The job's tasks in upload order (a page of them with offset and limit)."""

@@ -19,7 +19,7 @@ import aiofiles
 from .config import Settings
 from .geo.scene import SceneError
 from .jobs import NewTask, NewTile
-from .paths import JobPaths, new_id, stored_image_name
+from .paths import JobPaths, new_id, new_user_hash, stored_image_name
 from .scenes import SceneSettings, picture_as_scene, plan_units
 from .store import Store
 from .unpack import (
@@ -75,6 +75,7 @@ class Accepted:
     job_id: str
     task_ids: list[str]
     skipped: list[tuple[str, str]]
+    user_hash: str
 
 
 def _unpack(paths: JobPaths, settings: Settings, upload_name: str) -> tuple[Unpacked, bool]:
@@ -201,9 +202,10 @@ class IncomingUpload:
         with _disk_full_as_error():
             tasks, skipped = await asyncio.to_thread(_prepare, self._paths, self._settings,
                                                      upload_name)
-        await self._store.create_job(self.job_id, upload_name, tasks, skipped)
+        user_hash = new_user_hash()
+        await self._store.create_job(self.job_id, upload_name, tasks, skipped, user_hash)
         self._committed = True
         logger.info("job %s: queued %d tasks (%d tiles) from %s, skipped %d entries",
                     self.job_id, len(tasks), sum(len(t.tiles) for t in tasks), upload_name,
                     len(skipped))
-        return Accepted(self.job_id, [t.id for t in tasks], skipped)
+        return Accepted(self.job_id, [t.id for t in tasks], skipped, user_hash)

@@ -18,11 +18,11 @@ from aiohttp.http import HttpProcessingError
 from ..geo.stitch import BadMask
 from ..jobs import Job, ResultKind, Task, TaskStatus
 from ..masks import UnreadableImage
-from ..paths import JobPaths, is_id, job_id_of_archive
+from ..paths import JobPaths, is_id, is_user_hash, job_id_of_archive
 from ..results import task_overlay
 from ..spills import ensure_task_spills
 from ..uploads import IncomingUpload, UploadTooLarge
-from . import keys, openapi
+from . import keys, openapi, original
 from .middlewares import ApiError, iso_utc
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ async def _upload(request: web.Request) -> web.Response:
         request.app[keys.METRICS].upload_bytes.inc(incoming.received_bytes)
     await request.app[keys.POOL].notify()
     return web.json_response(
-        {"job_id": accepted.job_id, "task_ids": accepted.task_ids, "status": "queued",
+        {"job_id": accepted.job_id, "user_hash": accepted.user_hash,
+         "task_ids": accepted.task_ids, "status": "queued",
          "skipped": [{"filename": f, "reason": r} for f, r in accepted.skipped]},
         status=202, headers={"Location": f"/api/job/{accepted.job_id}"})
 
@@ -284,8 +285,12 @@ async def get_archive(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.FileResponse:
-    """GET /api/download/{filename}: a result zip, by a name the server made."""
+    """GET /api/download/{filename}: a result zip, by a name the server made; or, for the
+    original front end, GET /api/download/{user_hash} (32 hex digits, never a file name:
+    those end in .zip)."""
     name = request.match_info["filename"]
+    if is_user_hash(name):
+        return await original.download(request, name)
     job_id = job_id_of_archive(name)
     missing = ApiError(404, "not_found", "no such result archive")
     if job_id is None:

@@ -32,7 +32,7 @@ from ..results import ResultArchives
 from ..scenes import SceneSettings
 from ..store import Store
 from ..worker import WorkerPool
-from . import api, events, keys, page
+from . import api, events, keys, original, page
 from .middlewares import (
     auth_middleware,
     cors_middleware,
@@ -171,5 +171,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_delete("/api/job/{job_id}", api.delete_job)
     app.router.add_get("/api/archive/{job_id}", api.get_archive)
     app.router.add_get("/api/download/{filename}", api.download)
+    app.router.add_get("/api/status/{job_id}", original.job_status)
+    app.router.add_get("/api/archive_time_left/{user_hash}", original.archive_time_left)
     app.router.add_get("/api/openapi.json", api.openapi_document)
     app.router.add_get("/healthz", api.healthz)

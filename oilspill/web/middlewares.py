@@ -48,6 +48,8 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
 
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
+# Answer headers a page on another origin may read.
+_CORS_EXPOSE = "Content-Disposition, Location"
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -146,9 +148,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS for the allowed origins only (OILSPILL_CORS_ORIGINS); none when it is empty."""
+    """CORS for the allowed origins only (OILSPILL_CORS_ORIGINS, `*` for any); none when it
+    is empty."""
     origin = request.headers.get("Origin", "").rstrip("/")
-    allowed = origin and origin in request.app[keys.SETTINGS].cors_origin_set
+    origins = request.app[keys.SETTINGS].cors_origin_set
+    allowed = origin and (origin in origins or "*" in origins)
     if allowed and request.method == "OPTIONS" and "Access-Control-Request-Method" in (
             request.headers):
         response: web.StreamResponse = web.Response(status=204, headers={
@@ -158,5 +162,6 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         response = await handler(request)
     if allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
         response.headers["Vary"] = "Origin"
     return response

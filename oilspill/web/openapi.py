@@ -11,6 +11,10 @@ from .. import __version__
 
 _UUID = {"type": "string", "format": "uuid"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
+_USER_HASH = {"type": "string", "pattern": "^[0-9a-f]{32}$",
+              "description": "the job's handle for the original front end's routes: 128 "
+                             "random bits of its own, not derived from the job id"}
+_COUNT = {"type": "integer", "minimum": 0}
 
 
 _MEASURE = {"type": ["number", "null"], "minimum": 0}
@@ -96,10 +100,30 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"filename": {"type": "string"}, "reason": {"type": "string"}},
     },
     "Accepted": {
-        "type": "object", "required": ["job_id", "task_ids", "status", "skipped"],
-        "properties": {"job_id": _UUID, "task_ids": {"type": "array", "items": _UUID},
+        "type": "object", "required": ["job_id", "user_hash", "task_ids", "status", "skipped"],
+        "properties": {"job_id": _UUID, "user_hash": _USER_HASH,
+                       "task_ids": {"type": "array", "items": _UUID},
                        "status": {"const": "queued"},
                        "skipped": {"type": "array", "items": _ref("Skipped")}},
+    },
+    "CeleryStatus": {
+        "type": "object",
+        "required": ["status", "result", "job_id", "total", "queued", "running", "done",
+                     "failed", "tiles_total", "tiles_done"],
+        "properties": {
+            "status": {"enum": ["PENDING", "STARTED", "SUCCESS", "FAILURE"]},
+            "result": {"type": ["object", "null"],
+                       "required": ["archive", "processed_files", "errors"],
+                       "properties": {
+                           "archive": {"type": "string",
+                                       "description": "where the result zip downloads"},
+                           "processed_files": {"type": "array", "items": {"type": "string"}},
+                           "errors": {"type": "array", "items": {
+                               "type": "object", "required": ["file", "error"],
+                               "properties": {"file": {"type": "string"},
+                                              "error": {"type": "string"}}}}}},
+            "job_id": _UUID, "total": _COUNT, "queued": _COUNT, "running": _COUNT,
+            "done": _COUNT, "failed": _COUNT, "tiles_total": _COUNT, "tiles_done": _COUNT},
     },
     "TaskResult": {
         "type": ["object", "null"],
@@ -429,12 +453,38 @@ def _paths() -> dict[str, Any]:
             "responses": {"200": _json(_ref("ArchiveLink"), "The link"),
                           **_errors(*_COMMON, 409, 410)}}},
         "/api/download/{filename}": {"get": {
-            "summary": "Download a result zip", "security": _SECURED,
+            "summary": "Download a result zip, by its name or by the job's user hash",
+            "description": "`filename` is either the name GET /api/archive/{job_id} linked "
+                           "to (it ends in .zip), or a job's `user_hash` (32 hex digits, "
+                           "for the original front end): then the zip is built on this "
+                           "first request and named result_<user_hash>.zip; 409 "
+                           "`job_not_finished` while the job runs.",
+            "security": _SECURED,
             "parameters": [{"name": "filename", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "The zip", "content": {"application/zip": {
-                "schema": {"type": "string", "format": "binary"}}}},
-                **_errors(*_COMMON, 410)}}},
+                "schema": {"type": "string", "format": "binary"}}}, "headers": {
+                    "Content-Disposition": {"required": True, "schema": {"type": "string"},
+                                            "description": "attachment; filename=..."}}},
+                **_errors(*_COMMON, 409, 410)}}},
+        "/api/status/{job_id}": {"get": {
+            "summary": "A job as the original backend answered: a Celery state",
+            "description": "PENDING (queued), STARTED (running), SUCCESS (finished, at least "
+                           "one image done), FAILURE (every image failed); `result` once "
+                           "finished, in the original's shape; oilspill's counts beside.",
+            "security": _SECURED, "parameters": [_id_param("job_id")],
+            "responses": {"200": _json(_ref("CeleryStatus"), "The job"),
+                          **_errors(*_COMMON, 410)}}},
+        "/api/archive_time_left/{user_hash}": {"get": {
+            "summary": "Seconds until retention removes a job's results (by user hash)",
+            "description": "The whole OILSPILL_RETENTION_S while the job runs; 0 for an "
+                           "unknown, deleted or expired job (never 404, as the original).",
+            "security": _SECURED,
+            "parameters": [{"name": "user_hash", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": _json({
+                "type": "object", "required": ["seconds_left"],
+                "properties": {"seconds_left": _COUNT}}, "Seconds left"), **_errors(401)}}},
         "/api/openapi.json": {"get": {
             "summary": "This document", "security": _SECURED,
             "responses": {"200": _json({"type": "object"}, "The OpenAPI document"),
