@@ -130,13 +130,14 @@ async def test_only_unsafe_entries_is_422(client, data_dir, tmp_path, evil_name)
 
 async def test_forged_size_bomb_is_refused(client, data_dir, tmp_path):
     """The headers claim 1 KB; the entry inflates to 50 MB. Only the claim is trusted to
-    stop reading, and the CRC then shows the lie."""
+    stop reading, and the CRC then shows the lie: the entry is skipped."""
     payload = b"\x00" * (50 * 1024 * 1024)
     data = bytearray(raw_zip([("bomb.bmp", b"BM" + payload)]))
     real = (len(payload) + 2).to_bytes(4, "little")
     forged = (1024).to_bytes(4, "little")
     data = bytes(data).replace(real, forged)  # local header and central directory
-    await rejected(client, data_dir, tmp_path, form(data), 400, "not_a_zip")
+    error = await rejected(client, data_dir, tmp_path, form(data), 422, "no_images")
+    assert "bomb.bmp (corrupt data: bad CRC-32)" in error["message"]
 
 
 async def test_ratio_bomb_is_refused(client, data_dir, tmp_path):
