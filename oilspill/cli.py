@@ -46,6 +46,7 @@ def _is_loopback(host: str) -> bool:
 def serve(settings: Settings) -> None:
     # Imported here: the client commands must start without the server's imports.
     from .web.app import create_app
+    from .web.server import serve_forever
 
     if not settings.api_token and not _is_loopback(settings.host):
         logger.warning("OILSPILL_API_TOKEN is not set and the API listens on %s: anyone who "
@@ -55,12 +56,11 @@ def serve(settings: Settings) -> None:
         # First in, last out: the stub is up before the worker pool calls it.
         app.cleanup_ctx.insert(0, _bundled_stub(settings))
     ml = settings.ml_service_url + (" (bundled ML stub)" if settings.bundled_ml_stub else "")
-    web.run_app(
-        app, host=settings.host, port=settings.port, access_log=None,
-        shutdown_timeout=settings.shutdown_grace_s,
-        print=lambda _: logger.info("oilspill listening on http://%s:%d (the page: http://%s:%d/"
-                                    "), ML service %s", settings.host, settings.port,
-                                    settings.host, settings.port, ml))
+    asyncio.run(serve_forever(
+        app, settings.host, settings.port, settings.shutdown_grace_s,
+        started=lambda: logger.info("oilspill listening on http://%s:%d (the page: http://%s:"
+                                    "%d/), ML service %s", settings.host, settings.port,
+                                    settings.host, settings.port, ml)))
 
 
 def main(argv: list[str] | None = None) -> None:

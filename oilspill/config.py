@@ -47,6 +47,10 @@ class Settings:
     max_upload_bytes: int = _setting(
         "OILSPILL_MAX_UPLOAD_BYTES", 1 * GIB,
         "Largest accepted upload (the zip, image or scene as sent); larger gets 413.", 1)
+    upload_idle_s: float = _setting(
+        "OILSPILL_UPLOAD_IDLE_S", 60.0,
+        "An upload whose body sends nothing for this long is refused (408) and what it left "
+        "is removed.", 0.1, 86400)
     ml_timeout_s: float = _setting(
         "OILSPILL_ML_TIMEOUT_S", 60.0, "Total time allowed for one call to the ML service.",
         0.01, 86400)

@@ -151,7 +151,8 @@ class Job:
     upload_name: the file name as the client sent it.
     finished_at: set in the same transaction that finishes its last task; None before.
     archive_name: the result zip's file name once built (served by /api/download/).
-    skipped: entries of the zip that were not images, as (filename, reason) pairs.
+    skipped: the first entries of the zip that were not images, as (filename, reason)
+        pairs (at most store.SKIPPED_IN_JOB); skipped_total: how many there were in all.
     tiles_total / tiles_done: ML units of all its tasks (see Task).
     user_hash: the job's handle for the original front end's routes (paths.new_user_hash).
     """
@@ -166,6 +167,7 @@ class Job:
     tiles_total: int = 0
     tiles_done: int = 0
     user_hash: str | None = None
+    skipped_total: int = 0
 
     @property
     def finished(self) -> bool:

@@ -195,6 +195,26 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN user_hash TEXT;
     CREATE UNIQUE INDEX jobs_by_user_hash ON jobs(user_hash);
     """,
+    """
+    -- What an upload skipped, one row each (read a page at a time); the job row keeps the
+    -- first few and the count, so reading a job costs the same however much was skipped.
+    CREATE TABLE skipped_entries (
+        job_id   TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        filename TEXT NOT NULL,
+        reason   TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    );
+    INSERT INTO skipped_entries (job_id, seq, filename, reason)
+        SELECT jobs.id, CAST(e.key AS INTEGER), json_extract(e.value, '$[0]'),
+               json_extract(e.value, '$[1]')
+        FROM jobs, json_each(jobs.skipped) AS e;
+    ALTER TABLE jobs ADD COLUMN skipped_total INTEGER NOT NULL DEFAULT 0;
+    UPDATE jobs SET skipped_total = json_array_length(skipped),
+                    skipped = (SELECT json_group_array(json(e.value))
+                               FROM (SELECT value FROM json_each(jobs.skipped)
+                                     ORDER BY CAST(key AS INTEGER) LIMIT 100) AS e);
+    """,
 )
 
 

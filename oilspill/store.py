@@ -41,6 +41,9 @@ from .schema import migrate
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+# How many skipped entries a job's row (and so every job body) carries; the rest are read
+# a page at a time (list_skipped).
+SKIPPED_IN_JOB = 100
 
 # Finishing a task; the job's counters and finished_at follow by trigger.
 _FINISH_SQL = (
@@ -191,13 +194,19 @@ class Store:
                          user_hash: str | None = None) -> None:
         """Record a job and all its tasks (queued) atomically: all of them or nothing."""
         now = _now()
+        skipped = list(skipped)
         async with self._transaction() as db:
             await db.execute(
-                "INSERT INTO jobs (id, upload_name, created_at, skipped, user_hash)"
-                " VALUES (:id, :name, :now, :skipped, :user_hash)",
+                "INSERT INTO jobs (id, upload_name, created_at, skipped, skipped_total,"
+                " user_hash) VALUES (:id, :name, :now, :skipped, :skipped_total, :user_hash)",
                 {"id": job_id, "name": upload_name, "now": now, "user_hash": user_hash,
-                 "skipped": json.dumps([list(s) for s in skipped])},
+                 "skipped": json.dumps([list(s) for s in skipped[:SKIPPED_IN_JOB]]),
+                 "skipped_total": len(skipped)},
             )
+            await db.executemany(
+                "INSERT INTO skipped_entries (job_id, seq, filename, reason)"
+                " VALUES (?, ?, ?, ?)",
+                [(job_id, seq, name, reason) for seq, (name, reason) in enumerate(skipped)])
             await db.executemany(
                 "INSERT INTO tasks (id, job_id, seq, filename, stored_name, content_type,"
                 " status, created_at, finished_at, error, tiled, tiles_total, tiles_done)"
@@ -241,8 +250,16 @@ class Store:
             finished_at=row["finished_at"], archive_name=row["archive_name"],
             skipped=tuple((s[0], s[1]) for s in json.loads(row["skipped"])),
             progress=progress, tiles_total=row["tiles_total"], tiles_done=row["tiles_done"],
-            user_hash=row["user_hash"],
+            user_hash=row["user_hash"], skipped_total=row["skipped_total"],
         )
+
+    async def list_skipped(self, job_id: str, offset: int, limit: int
+                           ) -> list[tuple[str, str]]:
+        """A page of what the job's upload skipped, in upload order: (filename, reason)."""
+        async with self._reader.execute(
+            "SELECT filename, reason FROM skipped_entries WHERE job_id = ? ORDER BY seq"
+            " LIMIT ? OFFSET ?", (job_id, limit, offset)) as cur:
+            return [(row["filename"], row["reason"]) for row in await cur.fetchall()]
 
     async def job_id_of_user_hash(self, user_hash: str) -> str | None:
         """The id of the job this user hash belongs to; None if no job (still) has it."""

@@ -132,8 +132,19 @@ class WorkerPool:
                     released + requeued)
 
     def abandon_job(self, job_id: str) -> int:
-        """Cancel this job's calls in flight (its rows are gone); return how many."""
+        """Cancel this job's calls in flight and drop its units claimed ahead (its rows are
+        gone: they cost no further ML call); return how many calls were cancelled."""
         units = [unit for unit, _ in self._inflight.values()] + list(self._claimed.values())
+        waiting = [self._ready.get_nowait() for _ in range(self._ready.qsize())]
+        for unit in waiting:
+            if unit.job_id == job_id:
+                self._claimed.pop(unit.key, None)
+            else:
+                self._ready.put_nowait(unit)
+        busy = {u.job_id for u in [*self._claimed.values(),
+                                   *(u for u, _ in self._inflight.values())]}
+        if job_id not in busy:  # nothing left to pass over: forget its ended scenes
+            self._ended_scenes -= {u.task.id for u in units if isinstance(u, TileUnit)}
         for unit in units:
             if isinstance(unit, TileUnit) and unit.job_id == job_id:
                 self._end_scene(unit.task)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http import HttpProcessingError
@@ -21,11 +21,14 @@ from ..masks import UnreadableImage
 from ..paths import JobPaths, is_id, is_user_hash, job_id_of_archive
 from ..results import task_overlay
 from ..spills import ensure_task_spills
+from ..store import SKIPPED_IN_JOB
 from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi, original
-from .middlewares import ApiError, iso_utc
+from .bodies import job_body, task_body
+from .middlewares import ApiError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK_BYTES = 256 * 1024
 TASKS_PAGE = 500
@@ -53,50 +56,35 @@ async def load_job(request: web.Request) -> Job:
     return await request.app[keys.STORE].get_job(_valid_id(request, "job_id", "job"))
 
 
-def task_body(task: Task) -> dict[str, Any]:
-    result: dict[str, Any] | None = None
-    if task.result_kind is not None:
-        link = f"/api/task/{task.id}/{task.result_kind.value}"
-        result = {
-            "oil_fraction": task.oil_fraction, "oil_pixels": task.oil_pixels,
-            "slick_count": task.slick_count, "largest_slick_px": task.largest_slick_px,
-            "width": task.width, "height": task.height,
-            "mask_url": link if task.result_kind is ResultKind.MASK else None,
-            "overlay_url": f"/api/task/{task.id}/overlay" if task.has_overlay else None,
-            "picture_url": link if task.result_kind is ResultKind.PICTURE else None,
-        }
-        scene = task.scene or {}
-        mask = task.result_kind is ResultKind.MASK
-        result.update({
-            "crs": scene.get("crs"), "bounds_lonlat": scene.get("bounds_lonlat"),
-            "total_area_km2": scene.get("total_area_km2"),
-            "spills_url": f"/api/task/{task.id}/spills.geojson" if mask else None})
-        if task.scene:
-            result["scene"] = task.scene
-    return {"task_id": task.id, "job_id": task.job_id, "filename": task.filename,
-            "status": task.status.value, "attempts": task.attempts, "result": result,
-            "error": task.error, "tiles_total": task.tiles_total, "tiles_done": task.tiles_done}
+async def _within(idle_s: float, step: Awaitable[T]) -> T:
+    """One read of the request body; a body that sends nothing for `idle_s` is refused."""
+    try:
+        return await asyncio.wait_for(step, idle_s)
+    except TimeoutError:
+        raise ApiError(408, "upload_stalled", f"the upload sent nothing for {idle_s:g} s "
+                                              "(OILSPILL_UPLOAD_IDLE_S)") from None
 
 
-def job_body(job: Job, ml_reachable: bool) -> dict[str, Any]:
-    p = job.progress
-    return {"job_id": job.id, "status": p.status.value, "total": p.total, "queued": p.queued,
-            "running": p.running, "done": p.done, "failed": p.failed,
-            "created_at": iso_utc(job.created_at), "finished_at": iso_utc(job.finished_at),
-            "upload_name": job.upload_name, "tiles_total": job.tiles_total,
-            "tiles_done": job.tiles_done,
-            "skipped": [{"filename": f, "reason": r} for f, r in job.skipped],
-            "waiting_for_ml_service": not job.finished and not ml_reachable,
-            "archive_url": f"/api/download/{job.archive_name}" if job.archive_name else None}
-
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK_BYTES):
+async def _part_chunks(part: BodyPartReader, idle_s: float) -> AsyncIterator[bytes]:
+    while chunk := await _within(idle_s, part.read_chunk(CHUNK_BYTES)):
         yield chunk
 
 
+async def _skip_part(part: BodyPartReader, idle_s: float, budget: int) -> int:
+    """Read and drop a form part that is not `file`; its bytes count against `budget` (what
+    the whole body may carry besides the file). Returns what is left of the budget."""
+    async for chunk in _part_chunks(part, idle_s):
+        budget -= len(chunk)
+        if budget < 0:
+            raise UploadTooLarge(f"the form's other parts carry more than "
+                                 f"{MULTIPART_SLACK_BYTES} bytes; send the file alone")
+    return budget
+
+
 def _upload_name(part: BodyPartReader) -> str:
-    name = os.path.basename((part.filename or "upload.zip").replace("\\", "/"))
+    """The file's name as sent, readable: bytes that are not UTF-8 become U+FFFD."""
+    raw = (part.filename or "upload.zip").encode("utf-8", "surrogateescape")
+    name = os.path.basename(raw.decode("utf-8", "replace").replace("\\", "/"))
     return name[:255] or "upload.zip"
 
 
@@ -108,6 +96,9 @@ async def upload(request: web.Request) -> web.Response:
         response = await _upload(request)
     except ApiError as exc:
         uploads.labels(exc.code).inc()
+        raise
+    except ConnectionResetError:
+        uploads.labels("client_gone").inc()
         raise
     except Exception as exc:
         uploads.labels(type(exc).__name__).inc()
@@ -131,19 +122,23 @@ async def _upload(request: web.Request) -> web.Response:
         reader = await request.multipart()
     except (ValueError, AssertionError) as exc:
         raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
+    idle_s, budget = settings.upload_idle_s, MULTIPART_SLACK_BYTES
     async with IncomingUpload(request.app[keys.STORE], settings,
                               request.app[keys.ACTIVE_UPLOADS],
                               request.content_length) as incoming:
         upload_name = None
         try:
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader) or part.name != "file":
-                    await part.release()
+            while (part := await _within(idle_s, reader.next())) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise ApiError(400, "bad_multipart", "a nested multipart part is not "
+                                                         "a file; send one part named 'file'")
+                if part.name != "file":
+                    budget = await _skip_part(part, idle_s, budget)
                     continue
                 if upload_name is not None:
                     raise ApiError(400, "too_many_files", "send exactly one part named 'file'")
                 upload_name = _upload_name(part)
-                await incoming.receive(_part_chunks(part))
+                await incoming.receive(_part_chunks(part, idle_s))
         except (ValueError, HttpProcessingError) as exc:  # malformed multipart framing
             reason = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
             raise ApiError(400, "bad_multipart",
@@ -158,7 +153,10 @@ async def _upload(request: web.Request) -> web.Response:
     return web.json_response(
         {"job_id": accepted.job_id, "user_hash": accepted.user_hash,
          "task_ids": accepted.task_ids, "status": "queued",
-         "skipped": [{"filename": f, "reason": r} for f, r in accepted.skipped]},
+         "skipped": [{"filename": f, "reason": r}
+                     for f, r in accepted.skipped[:SKIPPED_IN_JOB]],
+         "skipped_total": len(accepted.skipped),
+         "skipped_url": f"/api/job/{accepted.job_id}/skipped"},
         status=202, headers={"Location": f"/api/job/{accepted.job_id}"})
 
 
@@ -241,9 +239,8 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(job_body(job, request.app[keys.POOL].ml_reachable))
 
 
-async def list_job_tasks(request: web.Request) -> web.Response:
-    """GET /api/job/{job_id}/tasks?offset=&limit=: the job's tasks in upload order."""
-    job = await load_job(request)
+def _page(request: web.Request) -> tuple[int, int]:
+    """The query's offset and limit, checked."""
     try:
         offset = int(request.query.get("offset", "0"))
         limit = int(request.query.get("limit", str(TASKS_PAGE)))
@@ -252,6 +249,23 @@ async def list_job_tasks(request: web.Request) -> web.Response:
     if not 0 <= offset <= MAX_OFFSET or not 1 <= limit <= TASKS_PAGE_MAX:
         raise ApiError(400, "bad_query", f"offset must be between 0 and {MAX_OFFSET} and "
                                          f"limit between 1 and {TASKS_PAGE_MAX}")
+    return offset, limit
+
+
+async def list_job_skipped(request: web.Request) -> web.Response:
+    """GET /api/job/{job_id}/skipped?offset=&limit=: what the upload skipped, and why."""
+    job = await load_job(request)
+    offset, limit = _page(request)
+    skipped = await request.app[keys.STORE].list_skipped(job.id, offset, limit)
+    return web.json_response({"job_id": job.id, "total": job.skipped_total, "offset": offset,
+                              "limit": limit, "skipped": [{"filename": f, "reason": r}
+                                                          for f, r in skipped]})
+
+
+async def list_job_tasks(request: web.Request) -> web.Response:
+    """GET /api/job/{job_id}/tasks?offset=&limit=: the job's tasks in upload order."""
+    job = await load_job(request)
+    offset, limit = _page(request)
     tasks = await request.app[keys.STORE].list_tasks(job.id, offset, limit)
     return web.json_response({"job_id": job.id, "total": job.progress.total, "offset": offset,
                               "limit": limit, "tasks": [task_body(t) for t in tasks]})

@@ -33,6 +33,7 @@ from ..scenes import SceneSettings
 from ..store import Store
 from ..worker import WorkerPool
 from . import api, events, keys, original, page
+from .feeds import Feeds
 from .middlewares import (
     auth_middleware,
     cors_middleware,
@@ -98,6 +99,7 @@ async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
         scene_settings=SceneSettings.of(settings),
         rng=random.Random())
     app[keys.POOL] = pool
+    app[keys.FEEDS] = Feeds(app[keys.STORE], pool, app[keys.DRAINING])
     pool.start()
     await pool.notify()
     yield
@@ -158,6 +160,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/static/{name}", page.static_file)
     app.router.add_get("/api/job/{job_id}/events", events.job_events)
     app.router.add_get("/api/job/{job_id}/tasks", api.list_job_tasks)
+    app.router.add_get("/api/job/{job_id}/skipped", api.list_job_skipped)
     app.router.add_get("/metrics", api.metrics)
     app.router.add_post("/api/upload/", api.upload)
     app.router.add_post("/api/upload", api.upload)

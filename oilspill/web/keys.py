@@ -14,6 +14,7 @@ from ..ml_client import MLClient
 from ..results import ResultArchives
 from ..store import Store
 from ..worker import WorkerPool
+from .feeds import Feeds
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
@@ -23,6 +24,7 @@ ARCHIVES = web.AppKey("archives", ResultArchives)
 CLEANUP = web.AppKey("cleanup", Cleanup)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 METRICS = web.AppKey("metrics", Metrics)
+FEEDS = web.AppKey("feeds", Feeds)
 # Set when shutdown begins: uploads are refused from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)
 # Ids of jobs whose upload is still arriving: their folders have no row yet.

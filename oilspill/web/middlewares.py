@@ -42,14 +42,30 @@ _ERRORS: dict[type[Exception], tuple[int, str]] = {
 }
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
-                 "method_not_allowed", 409: "conflict", 410: "gone", 413: "payload_too_large",
-                 415: "unsupported_media_type", 422: "unprocessable", 500: "internal_error",
-                 503: "unavailable", 507: "insufficient_storage"}
+                 "method_not_allowed", 408: "request_timeout", 409: "conflict", 410: "gone",
+                 413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+                 422: "unprocessable", 431: "headers_too_large", 500: "internal_error",
+                 501: "not_implemented", 503: "unavailable", 507: "insufficient_storage"}
+# Counted, never sent: the client closed the connection before its answer (nginx's 499).
+CLIENT_GONE = 499
 
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 _CORS_HEADERS = "Authorization, Content-Type"
 # Answer headers a page on another origin may read.
 _CORS_EXPOSE = "Content-Disposition, Location"
+
+
+def status_code_name(status: int) -> str:
+    """The error body's `code` for a bare HTTP status."""
+    return _STATUS_CODES.get(status, "http_error")
+
+
+def domain_error(exc: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and error code of a domain error, or None for an unexpected one."""
+    for kind, answer in _ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
 
 
 def iso_utc(ts: float | None) -> str | None:
@@ -77,7 +93,16 @@ def error_response(status: int, code: str, message: str,
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every failure in the one JSON error shape; never leak a traceback."""
+    """Render every failure in the one JSON error shape; never leak a traceback. An error
+    answered before the body was read closes the connection: the rest of a refused (or
+    stalled) body is not waited for."""
+    response = await _render_errors(request, handler)
+    if response.status >= 400 and request.body_exists and not request.content.is_eof():
+        response.force_close()
+    return response
+
+
+async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -85,8 +110,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _STATUS_CODES.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason,
+        return error_response(exc.status, status_code_name(exc.status), exc.reason,
                               {k: v for k, v in exc.headers.items() if k == "Allow"})
     except NotFound as exc:
         deleted_at = await request.app[keys.STORE].deleted_at(exc.object_id)
@@ -94,10 +118,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return error_response(410, "gone", f"{exc.kind} {exc.object_id} was deleted at "
                                                f"{iso_utc(deleted_at)}")
         return error_response(404, "not_found", str(exc))
+    except ConnectionResetError:  # aiohttp's "Connection lost" included
+        logger.info("%s %s: the client went away before its answer", request.method,
+                    request.path[:200].encode("unicode_escape").decode())
+        return web.Response(status=CLIENT_GONE)
     except Exception as exc:
-        for kind, (status, code) in _ERRORS.items():
-            if isinstance(exc, kind):
-                return error_response(status, code, str(exc))
+        if known := domain_error(exc):
+            return error_response(*known, str(exc))
         request_id = uuid.uuid4().hex[:12]
         logger.exception("request %s %s %s failed", request_id, request.method,
                          request.path[:200])
@@ -139,8 +166,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if _needs_token(request):
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # compare_digest: the time taken does not tell how much of the token was right.
+        # Headers are decoded with surrogateescape: bytes that are not UTF-8 compare as sent.
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), token.encode()):
+                given.strip().encode("utf-8", "surrogateescape"), token.encode()):
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <token>",
                            {"WWW-Authenticate": 'Bearer realm="oilspill"'})
     return await handler(request)

@@ -84,6 +84,13 @@ def _event(name: str, schema: str) -> dict[str, Any]:
                                     "contentSchema": _ref(schema)}}}
 
 
+_PAGE_PARAMS = [
+    {"name": "offset", "in": "query", "required": False,
+     "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1,
+                "default": 0}},
+    {"name": "limit", "in": "query", "required": False,
+     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 500}}]
+
 # Empty first: the token is optional (only when OILSPILL_API_TOKEN is set).
 _SECURED: list[dict[str, list[str]]] = [{}, {"bearer": []}]
 _COMMON = (401, 404)  # every /api/ call may answer these
@@ -100,11 +107,17 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"filename": {"type": "string"}, "reason": {"type": "string"}},
     },
     "Accepted": {
-        "type": "object", "required": ["job_id", "user_hash", "task_ids", "status", "skipped"],
+        "type": "object", "required": ["job_id", "user_hash", "task_ids", "status", "skipped",
+                                       "skipped_total", "skipped_url"],
         "properties": {"job_id": _UUID, "user_hash": _USER_HASH,
                        "task_ids": {"type": "array", "items": _UUID},
                        "status": {"const": "queued"},
-                       "skipped": {"type": "array", "items": _ref("Skipped")}},
+                       "skipped": {"type": "array", "maxItems": 100, "items": _ref("Skipped"),
+                                   "description": "the first 100 entries the upload skipped"},
+                       "skipped_total": {"type": "integer", "minimum": 0,
+                                         "description": "how many entries it skipped in all"},
+                       "skipped_url": {"type": "string",
+                                       "description": "all of them, a page at a time"},},
     },
     "CeleryStatus": {
         "type": "object",
@@ -223,7 +236,8 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["job_id", "status", "total", "queued", "running", "done", "failed",
                      "created_at", "finished_at", "upload_name", "tiles_total",
-                     "tiles_done", "skipped", "waiting_for_ml_service", "archive_url"],
+                     "tiles_done", "skipped", "skipped_total", "skipped_url",
+                     "waiting_for_ml_service", "archive_url"],
         "properties": {
             "job_id": _UUID, "status": {"enum": ["queued", "running", "done", "failed"]},
             **{k: {"type": "integer", "minimum": 0}
@@ -234,7 +248,12 @@ _SCHEMAS: dict[str, Any] = {
                                            "work to count progress by"},
             "tiles_done": {"type": "integer", "minimum": 0,
                            "description": "the tiles_done of all its tasks"},
-            "skipped": {"type": "array", "items": _ref("Skipped")},
+            "skipped": {"type": "array", "maxItems": 100, "items": _ref("Skipped"),
+                        "description": "the first 100 entries the upload skipped"},
+            "skipped_total": {"type": "integer", "minimum": 0,
+                              "description": "how many entries it skipped in all"},
+            "skipped_url": {"type": "string",
+                            "description": "all of them, a page at a time"},
             "waiting_for_ml_service": {"type": "boolean"},
             "archive_url": {"type": ["string", "null"]}},
     },
@@ -245,6 +264,13 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Gone": {
         "type": "object", "required": ["job_id"], "properties": {"job_id": _UUID},
+    },
+    "SkippedPage": {
+        "type": "object", "required": ["job_id", "total", "offset", "limit", "skipped"],
+        "properties": {"job_id": _UUID, "total": {"type": "integer", "minimum": 0},
+                       "offset": {"type": "integer", "minimum": 0},
+                       "limit": {"type": "integer", "minimum": 1},
+                       "skipped": {"type": "array", "items": _ref("Skipped")}},
     },
     "TaskPage": {
         "type": "object", "required": ["job_id", "total", "offset", "limit", "tasks"],
@@ -427,14 +453,15 @@ def _paths() -> dict[str, Any]:
         "/api/job/{job_id}/tasks": {"get": {
             "summary": "A job's tasks in upload order, a page at a time",
             "security": _SECURED,
-            "parameters": [_id_param("job_id"),
-                           {"name": "offset", "in": "query", "required": False,
-                            "schema": {"type": "integer", "format": "int64", "minimum": 0,
-                                       "maximum": 2**63 - 1, "default": 0}},
-                           {"name": "limit", "in": "query", "required": False,
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
-                                       "default": 500}}],
+            "parameters": [_id_param("job_id"), *_PAGE_PARAMS],
             "responses": {"200": _json(_ref("TaskPage"), "The page"),
+                          **_errors(400, *_COMMON, 410)}}},
+        "/api/job/{job_id}/skipped": {"get": {
+            "summary": "What the upload skipped (not an image, unsafe, ...) and why, a page at "
+                       "a time",
+            "security": _SECURED,
+            "parameters": [_id_param("job_id"), *_PAGE_PARAMS],
+            "responses": {"200": _json(_ref("SkippedPage"), "The page"),
                           **_errors(400, *_COMMON, 410)}}},
         "/api/job/{job_id}/events": {"get": {
             "summary": "Live progress: server-sent events `progress`, `task`, `end`, `gone`",

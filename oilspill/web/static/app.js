@@ -61,7 +61,7 @@ function upload(file) {
     try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
     if (xhr.status === 202) {
       setBar(bar, 1, "uploaded");
-      const skipped = body.skipped.length ? `; ${body.skipped.length} files skipped` : "";
+      const skipped = body.skipped_total ? `; ${body.skipped_total} files skipped` : "";
       say(`${plural(body.task_ids.length, "image")} queued${skipped}.`);
       follow(body.job_id);
     } else {
