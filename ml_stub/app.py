@@ -1,4 +1,5 @@
-"""The stub's aiohttp application: `POST /segment` and `GET /health`, per oilspill's contract."""
+"""The stub's aiohttp application: `POST /segment` and `GET /health`, per oilspill's contract,
+and the Open Inference Protocol's `/v2` routes (oip.py)."""
 
 from __future__ import annotations
 
@@ -99,17 +100,8 @@ async def segment(request: web.Request) -> web.Response:
     data = await _read_file_part(request, options.max_image_bytes)
     if isinstance(data, web.Response):
         return data
-    if options.latency_ms:
-        await asyncio.sleep(options.latency_ms / 1000)
-    fault = _draw_fault(request.app[RNG], options)
-    if fault == "fail":
+    if await injected_failure(request):
         return _error(503, "injected_failure", "injected failure (--fail-rate)")
-    if fault == "hang":
-        await asyncio.Event().wait()  # until the client gives up and the handler is cancelled
-    if fault == "drop":
-        if request.transport is not None:
-            request.transport.close()
-        raise asyncio.CancelledError  # nothing is answered on a closed connection
     try:
         if options.mode == "ready":
             body, content_type = _ready(data)
@@ -118,6 +110,23 @@ async def segment(request: web.Request) -> web.Response:
     except NotAnImage as exc:
         return _error(422, "not_an_image", str(exc))
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def injected_failure(request: web.Request) -> bool:
+    """Wait the call's latency, then play the fault drawn for it: True when it is to answer
+    503 (--fail-rate); a hang waits until the client gives up, a drop closes the connection;
+    False when the call is to be answered as usual."""
+    options = request.app[OPTIONS]
+    if options.latency_ms:
+        await asyncio.sleep(options.latency_ms / 1000)
+    fault = _draw_fault(request.app[RNG], options)
+    if fault == "hang":
+        await asyncio.Event().wait()  # until the client gives up and the handler is cancelled
+    if fault == "drop":
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError  # nothing is answered on a closed connection
+    return fault == "fail"
 
 
 def _draw_fault(rng: random.Random, options: StubOptions) -> str | None:
@@ -140,6 +149,10 @@ def create_app(options: StubOptions | None = None) -> web.Application:
     app[RNG] = random.Random(options.seed)
     app.router.add_post("/segment", segment)
     app.router.add_get("/health", health)
+    # The Open Inference Protocol's routes; imported here, as oip's handlers use this
+    # module's keys and fault injection.
+    from .oip import add_routes
+    add_routes(app)
     return app
 
 
