@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .metrics import Metrics
 from .paths import PARTIAL_GLOBS, JobPaths
+from .resumable import ResumableUploads
 from .store import Store
 from .worker import WorkerPool
 
@@ -28,6 +29,7 @@ class CleanupReport:
     jobs_deleted: int = 0
     orphans_removed: int = 0
     tombstones_purged: int = 0
+    uploads_expired: int = 0
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -84,8 +86,9 @@ class Cleanup:
 
     def __init__(self, *, store: Store, pool: WorkerPool, jobs_dir: Path, retention_s: float,
                  orphan_age_s: float, tombstone_s: float, active_uploads: set[str],
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, resumable: ResumableUploads | None = None) -> None:
         self._metrics = metrics
+        self._resumable = resumable
         self._store = store
         self._pool = pool
         self._jobs_dir = jobs_dir
@@ -121,8 +124,19 @@ class Cleanup:
             removed += 1
         return removed
 
+    async def expire_uploads(self, now: float) -> int:
+        """Remove resumable uploads past their expiry (unfinished ones, and finished ones'
+        records)."""
+        if self._resumable is None:
+            return 0
+        expired = await self._resumable.expire(now)
+        if expired:
+            self._metrics.cleanup_deletions.labels("upload").inc(expired)
+        return expired
+
     async def run_once(self) -> CleanupReport:
-        """Delete jobs finished longer ago than the retention; sweep orphans; purge tombstones."""
+        """Delete jobs finished longer ago than the retention; sweep orphans; purge tombstones;
+        remove expired resumable uploads."""
         async with self.running:
             now = time.time()
             deleted = 0
@@ -134,8 +148,10 @@ class Cleanup:
                     logger.exception("job %s: retention could not delete it", job_id)
             orphans = await self.sweep_orphans(self._orphan_age_s)
             purged = await self._store.purge_tombstones(now - self._tombstone_s)
-            report = CleanupReport(deleted, orphans, purged)
-            if deleted or orphans or purged:
+            expired = await self.expire_uploads(now)
+            report = CleanupReport(deleted, orphans, purged, expired)
+            if deleted or orphans or purged or expired:
                 logger.info("cleanup: %d jobs deleted, %d orphan folders removed, "
-                            "%d tombstones purged", deleted, orphans, purged)
+                            "%d tombstones purged, %d uploads expired", deleted, orphans,
+                            purged, expired)
             return report

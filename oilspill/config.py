@@ -131,6 +131,11 @@ class Settings:
         "OILSPILL_TOMBSTONE_S", 30 * 86400.0,
         "How long a deleted job's ids answer 410 Gone before they answer 404.", 0,
         10 * 365 * 86400)
+    upload_expiry_s: float = _setting(
+        "OILSPILL_UPLOAD_EXPIRY_S", 86400.0,
+        "A resumable upload (tus, /api/uploads/) is removed this long after the last bytes it "
+        "received; a finished one's record (its job id, or why it was refused) is kept this "
+        "long after it finished.", 1, 10 * 365 * 86400)
     api_token: str = _setting(
         "OILSPILL_API_TOKEN", "",
         "When set, every /api/ call needs `Authorization: Bearer <token>`; /healthz stays "

@@ -32,6 +32,11 @@ def partial_beside(path: Path, role: str = "") -> Path:
     return path.with_name(f".{path.name}.{middle}{PARTIAL_SUFFIX}")
 
 
+def uploads_dir(data_dir: Path) -> Path:
+    """The folder of resumable (tus) uploads, beside the jobs folder: one folder per upload."""
+    return data_dir / "uploads"
+
+
 def new_id() -> str:
     """A random UUID4 string, for jobs and tasks."""
     return str(uuid.uuid4())
@@ -207,3 +212,37 @@ class JobPaths:
     def result(self, kind: ResultKind, result_name: str) -> Path:
         """A done task's stored answer: a mask, or another picture the ML service sent."""
         return (self.masks if kind is ResultKind.MASK else self.results) / result_name
+
+
+@dataclass(frozen=True)
+class UploadPaths:
+    """The files of one resumable upload, all under `<uploads_dir>/<upload_id>/`.
+
+    A folder whose name is not an upload id is a partial one (being made when the process
+    stopped) and is removed at start-up.
+    """
+
+    uploads_dir: Path
+    upload_id: str
+
+    @property
+    def root(self) -> Path:
+        return self.uploads_dir / self.upload_id
+
+    def root_partial(self) -> Path:
+        """A fresh name for the upload's folder while it is made, renamed into place."""
+        return partial_beside(self.root)
+
+    @property
+    def data(self) -> Path:
+        """The bytes received so far, in order; renamed into a job's folder when complete."""
+        return self.root / "data"
+
+    @property
+    def state(self) -> Path:
+        """What the upload is (length, name, metadata) and, once finished, its outcome."""
+        return self.root / "state.json"
+
+    def state_partial(self) -> Path:
+        """A fresh name for `state.json` while it is rewritten."""
+        return partial_beside(self.state)

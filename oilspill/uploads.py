@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiofiles
 
@@ -51,7 +52,8 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
-def _disk_full_as_error() -> Iterator[None]:
+def disk_full_as_error() -> Iterator[None]:
+    """Turn a write that failed for lack of space (ENOSPC, EDQUOT, EFBIG) into DiskFull."""
     try:
         yield
     except OSError as exc:
@@ -178,7 +180,7 @@ class IncomingUpload:
         """Write the zip to disk as it arrives; raise UploadTooLarge past the limit."""
         limit = self._settings.max_upload_bytes
         received = 0
-        with _disk_full_as_error():
+        with disk_full_as_error():
             async with aiofiles.open(self._paths.upload_part, "wb") as out:
                 async for chunk in chunks:
                     received += len(chunk)
@@ -193,13 +195,26 @@ class IncomingUpload:
         self.received_bytes = received
         return received
 
+    async def adopt(self, path: Path) -> int:
+        """Take a file that arrived whole by other means (a finished resumable upload) as the
+        received upload: it is renamed into the job's folder (the same file system, so no
+        copy), then `commit()` treats it exactly as one that `receive()` wrote."""
+        size = (await asyncio.to_thread(os.stat, path)).st_size
+        limit = self._settings.max_upload_bytes
+        if size > limit:
+            raise UploadTooLarge(f"upload is larger than {limit} bytes (OILSPILL_MAX_UPLOAD_BYTES)")
+        await asyncio.to_thread(os.replace, path, self._paths.upload)
+        logger.info("job %s: adopted %d bytes from a resumable upload", self.job_id, size)
+        self.received_bytes = size
+        return size
+
     async def commit(self, upload_name: str) -> Accepted:
         """Unpack the received zip (or take the image) and record the job with one queued
         task per image.
 
         Raises NoImages, unpack.UnpackError or, for a bare scene, geo.scene.SceneError.
         """
-        with _disk_full_as_error():
+        with disk_full_as_error():
             tasks, skipped = await asyncio.to_thread(_prepare, self._paths, self._settings,
                                                      upload_name)
         user_hash = new_user_hash()

@@ -123,9 +123,10 @@ async def _upload(request: web.Request) -> web.Response:
     except (ValueError, AssertionError) as exc:
         raise ApiError(400, "bad_multipart", f"cannot read the multipart body: {exc}") from None
     idle_s, budget = settings.upload_idle_s, MULTIPART_SLACK_BYTES
+    # The bytes still owed to unfinished resumable uploads are spoken for on the disk too.
+    expected = (request.content_length or 0) + request.app[keys.RESUMABLE].outstanding_bytes
     async with IncomingUpload(request.app[keys.STORE], settings,
-                              request.app[keys.ACTIVE_UPLOADS],
-                              request.content_length) as incoming:
+                              request.app[keys.ACTIVE_UPLOADS], expected) as incoming:
         upload_name = None
         try:
             while (part := await _within(idle_s, reader.next())) is not None:

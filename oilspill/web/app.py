@@ -32,7 +32,7 @@ from ..results import ResultArchives
 from ..scenes import SceneSettings
 from ..store import Store
 from ..worker import WorkerPool
-from . import api, events, keys, original, page
+from . import api, events, keys, original, page, tus
 from .feeds import Feeds
 from .middlewares import (
     auth_middleware,
@@ -112,7 +112,8 @@ async def _cleanup(app: web.Application) -> AsyncIterator[None]:
         store=app[keys.STORE], pool=app[keys.POOL], jobs_dir=settings.jobs_dir,
         retention_s=settings.retention_s,
         orphan_age_s=settings.orphan_age_s, tombstone_s=settings.tombstone_s,
-        active_uploads=app[keys.ACTIVE_UPLOADS], metrics=app[keys.METRICS])
+        active_uploads=app[keys.ACTIVE_UPLOADS], metrics=app[keys.METRICS],
+        resumable=app[keys.RESUMABLE])
     app[keys.CLEANUP] = cleanup
     scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
     scheduler.add_job(cleanup.run_once, "interval", seconds=settings.cleanup_interval_s,
@@ -147,6 +148,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_data_dir)
     app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(tus.resumable_uploads)
     app.cleanup_ctx.append(_ml_client)
     app.cleanup_ctx.append(_worker_pool)
     app.cleanup_ctx.append(_cleanup)
@@ -178,3 +180,4 @@ def _routes(app: web.Application) -> None:
     app.router.add_get("/api/archive_time_left/{user_hash}", original.archive_time_left)
     app.router.add_get("/api/openapi.json", api.openapi_document)
     app.router.add_get("/healthz", api.healthz)
+    tus.add_routes(app)

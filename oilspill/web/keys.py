@@ -12,6 +12,7 @@ from ..looplag import LoopLagMonitor
 from ..metrics import Metrics
 from ..ml_client import MLClient
 from ..results import ResultArchives
+from ..resumable import ResumableUploads
 from ..store import Store
 from ..worker import WorkerPool
 from .feeds import Feeds
@@ -22,6 +23,7 @@ ML_CLIENT = web.AppKey("ml_client", MLClient)
 POOL = web.AppKey("pool", WorkerPool)
 ARCHIVES = web.AppKey("archives", ResultArchives)
 CLEANUP = web.AppKey("cleanup", Cleanup)
+RESUMABLE = web.AppKey("resumable", ResumableUploads)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 METRICS = web.AppKey("metrics", Metrics)
 FEEDS = web.AppKey("feeds", Feeds)

@@ -17,6 +17,7 @@ from aiohttp import web
 from ..geo.safe import SafeError
 from ..geo.scene import SceneError, SceneTooLarge
 from ..results import JobNotFinished
+from ..resumable import OffsetMismatch, PastLength, UnknownUpload, UploadBusy, UploadRefused
 from ..store import NotFound
 from ..unpack import NotAZip, UnpackLimitExceeded
 from ..uploads import DiskFull, NoImages, UploadTooLarge
@@ -39,6 +40,11 @@ _ERRORS: dict[type[Exception], tuple[int, str]] = {
     SafeError: (422, "bad_sentinel1_product"),
     SceneError: (422, "unreadable_scene"),
     DiskFull: (507, "insufficient_storage"),
+    UnknownUpload: (404, "not_found"),
+    UploadBusy: (409, "upload_busy"),
+    OffsetMismatch: (409, "offset_mismatch"),
+    PastLength: (413, "upload_too_large"),
+    UploadRefused: (410, "upload_refused"),
 }
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
@@ -49,10 +55,13 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
 # Counted, never sent: the client closed the connection before its answer (nginx's 499).
 CLIENT_GONE = 499
 
-_CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-_CORS_HEADERS = "Authorization, Content-Type"
+_CORS_METHODS = "GET, HEAD, POST, PATCH, DELETE, OPTIONS"
+_CORS_HEADERS = ("Authorization, Content-Type, Tus-Resumable, Upload-Length, Upload-Offset, "
+                 "Upload-Metadata, Upload-Defer-Length, X-HTTP-Method-Override")
 # Answer headers a page on another origin may read.
-_CORS_EXPOSE = "Content-Disposition, Location"
+_CORS_EXPOSE = ("Content-Disposition, Location, Upload-Offset, Upload-Length, Upload-Metadata, "
+                "Upload-Expires, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, "
+                "Oilspill-Job-Id")
 
 
 def status_code_name(status: int) -> str:

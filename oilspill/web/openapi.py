@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import __version__
+from .tus import OPENAPI_PATHS as TUS_PATHS
 
 _UUID = {"type": "string", "format": "uuid"}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -405,6 +406,7 @@ def _paths() -> dict[str, Any]:
                                   "content": {t: binary for t in media_types}},
                           **_errors(*_COMMON, 410)}}}
     return {
+        **TUS_PATHS,
         "/api/upload/": {"post": upload},
         "/api/upload": {"post": {**upload, "summary": "The same, without the final slash"}},
         "/api/task/{task_id}": {"get": {
