@@ -3,6 +3,12 @@
 `POST {url}/segment` with one multipart part `file` (the image, streamed from disk) answers
 200 with the mask (or, for the original YOLO service, an annotated picture); 4xx rejects the
 image; 429, 5xx and connection trouble are the service's own and worth retrying.
+
+The part's file name is a safe ASCII form of the user's (names.header_filename): a name
+from a zip may hold anything, and a header may not. Redirects are never followed: a 3xx is
+the service's error (the image is not sent on to another address), and the task fails with
+it. The service's error text reaches users without object reprs or paths; the log has it
+whole.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -19,6 +24,7 @@ import aiofiles
 import aiohttp
 
 from .metrics import Metrics
+from .names import header_filename, plain_message
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +82,12 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def _error_text(body: bytes) -> str:
+    """The service's message in an error answer, as it is (for the log)."""
     text = body.decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)
     except ValueError:
-        return text[:500] or "no message"
+        return text[:500]
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and "message" in error:
@@ -127,17 +134,14 @@ class MLClient:
         try:
             form = aiohttp.FormData()
             # aiohttp streams a file object in chunks, reading it in its executor.
-            form.add_field("file", fh or image, filename=os.path.basename(filename) or "image",
+            form.add_field("file", fh or image, filename=header_filename(filename, content_type),
                            content_type=content_type)
+            # Never redirected: the image would go, unasked, to whatever address is named.
             async with self._session.post(f"{self._base_url}/segment", data=form,
-                                          timeout=self._timeout) as resp:
+                                          timeout=self._timeout,
+                                          allow_redirects=False) as resp:
                 if resp.status != 200:
-                    body = await resp.content.read(ERROR_TEXT_BYTES)
-                    message = f"ML service answered {resp.status}: {_error_text(body)}"
-                    if resp.status == 429 or resp.status >= 500:
-                        raise MLUnavailable(
-                            message, parse_retry_after(resp.headers.get("Retry-After")))
-                    raise MLRejected(message)
+                    raise await self._refusal(resp, filename)
                 return await self._receive(resp, spill_to)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             logger.info("ML call failed: %r", exc)
@@ -152,6 +156,23 @@ class MLClient:
         finally:
             if fh is not None:
                 await asyncio.to_thread(fh.close)
+
+    async def _refusal(self, resp: aiohttp.ClientResponse, filename: str) -> MLError:
+        """The error for a non-200 answer: its message in user's terms, the detail logged."""
+        status = resp.status
+        body = await resp.content.read(ERROR_TEXT_BYTES)
+        detail = _error_text(body)
+        if 300 <= status < 400:
+            logger.warning("ML call for %s: redirect %d to %r not followed", filename, status,
+                           resp.headers.get("Location", ""))
+            return MLRejected(f"ML service answered {status}, a redirect, which is not "
+                              "followed: ML_SERVICE_URL must be the service's own address")
+        if detail:
+            logger.info("ML call for %s: answered %d: %s", filename, status, detail)
+        message = f"ML service answered {status}: {plain_message(detail) or 'no message'}"
+        if status == 429 or status >= 500:
+            return MLUnavailable(message, parse_retry_after(resp.headers.get("Retry-After")))
+        return MLRejected(message)
 
     async def _receive(self, resp: aiohttp.ClientResponse, spill_to: Path) -> bytes | Path:
         """Small answers (a mask is a few KB) stay in memory; large ones go to disk in
@@ -186,8 +207,8 @@ class MLClient:
     async def healthy(self) -> bool:
         """True when `GET {url}/health` answers 200."""
         try:
-            async with self._session.get(f"{self._base_url}/health",
-                                         timeout=self._timeout) as resp:
+            async with self._session.get(f"{self._base_url}/health", timeout=self._timeout,
+                                         allow_redirects=False) as resp:
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False

@@ -22,7 +22,9 @@ PARTIAL_GLOBS = (f"*/*{PARTIAL_SUFFIX}", f"*/.*{PARTIAL_SUFFIX}", f"*/masks/.*{P
                  f"*/results/.*{PARTIAL_SUFFIX}", f"*/overlays/.*{PARTIAL_SUFFIX}",
                  f"*/spills/.*{PARTIAL_SUFFIX}", f"*/scenes/*/.*{PARTIAL_SUFFIX}")
 _ARCHIVE_NAME = re.compile(r"^oilspill-results-([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-"
-                           r"[89ab][0-9a-f]{3}-[0-9a-f]{12})\.zip$")
+                           r"[89ab][0-9a-f]{3}-[0-9a-f]{12})((?:-[a-z]+)*)\.zip$")
+# What a result zip can hold, in the order a partial zip's name lists them.
+ARCHIVE_PARTS = ("summary", "spills", "masks", "overlays")
 
 
 def partial_beside(path: Path, role: str = "") -> Path:
@@ -79,14 +81,24 @@ def result_name(seq: int, extension: str) -> str:
     return f"{seq:06d}{extension}"
 
 
-def archive_name(job_id: str) -> str:
-    return f"{ARCHIVE_PREFIX}{job_id}.zip"
+def archive_name(job_id: str, parts: frozenset[str] = frozenset(ARCHIVE_PARTS)) -> str:
+    """The result zip's name: the whole one, or one holding only `parts` (its name lists
+    them, so each choice is its own file)."""
+    if parts >= set(ARCHIVE_PARTS):
+        return f"{ARCHIVE_PREFIX}{job_id}.zip"
+    return f"{ARCHIVE_PREFIX}{job_id}-{'-'.join(p for p in ARCHIVE_PARTS if p in parts)}.zip"
 
 
 def job_id_of_archive(name: str) -> str | None:
     """The job id inside a result zip's name, or None if the server never makes that name."""
     match = _ARCHIVE_NAME.match(name)
-    return match.group(1) if match else None
+    if match is None:
+        return None
+    named = match.group(2).split("-")[1:]
+    # Only the names archive_name makes: known parts, in order, not all of them.
+    if named and (archive_name(match.group(1), frozenset(named)) != name):
+        return None
+    return match.group(1)
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,9 @@ class JobPaths:
     @property
     def archive(self) -> Path:
         return self.root / archive_name(self.job_id)
+
+    def archive_of(self, parts: frozenset[str]) -> Path:
+        return self.root / archive_name(self.job_id, parts)
 
     @property
     def archive_partial(self) -> Path:

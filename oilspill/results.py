@@ -1,5 +1,11 @@
 """A finished job's result zip: masks, overlays, summary; built once, off the event loop,
-then served by name."""
+then served by name. Overlays are drawn once however many ask at the same time.
+
+Names in the zip come from the user's paths, made safe for every desktop and unique there
+(`_zip_stems`); summary.json and summary.csv keep the user's own name beside the one in the
+zip. An image whose overlay (or slicks file) cannot be made is still in the zip, without
+it, and README.txt and the summary say why: one bad image never sinks the job's zip.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +15,35 @@ import io
 import json
 import logging
 import os
+import shutil
+import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path, PurePosixPath
 
 from .jobs import ResultKind, Task
-from .masks import ensure_overlay
-from .paths import JobPaths, archive_name
+from .masks import UnreadableImage, ensure_overlay
+from .names import zip_names
+from .paths import ARCHIVE_PARTS, PARTIAL_SUFFIX, JobPaths, archive_name
 from .spills import build_job_spills, ensure_task_spills
-from .store import Store
+from .store import NotFound, Store
 
 logger = logging.getLogger(__name__)
+
+ALL_PARTS = frozenset(ARCHIVE_PARTS)
 
 SUMMARY_FIELDS = ("filename", "status", "width", "height", "oil_fraction", "oil_pixels",
                   "slick_count", "largest_slick_px", "result", "overlay", "spills", "error",
                   "tiles", "crs", "bounds", "total_area_km2", "largest_slick_km2",
-                  "largest_slick_centroid", "db_kind", "scale_low_db", "scale_high_db")
+                  "largest_slick_centroid", "db_kind", "scale_low_db", "scale_high_db",
+                  "zip_name", "overlay_error")
+# A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
+# injection"): such a text cell gets a leading "'".
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# What draws a task's overlay (path or None), in any thread: OverlayDrawings.draw.
+DrawOverlay = Callable[[JobPaths, Task], Path | None]
 
 README_TXT = """\
 oilspill results
@@ -33,7 +51,12 @@ oilspill results
 
 masks/<image>.png     one per image the ML service segmented: one channel, the image's
                       width and height, 0 = sea, 255 = oil. <image> is the image's path in
-                      your upload, its extension replaced (a clash gets ~2, ~3 ...).
+                      your upload, its extension replaced, made safe to unpack on Windows,
+                      macOS and Linux: characters they refuse (<>:"|?* and controls) become
+                      _, trailing dots and spaces go, device names (CON, NUL, COM1 ...) get
+                      a _ before them; names that would be one file there (Scene and scene,
+                      composed and decomposed accents) or a file and a folder at once get
+                      ~2, ~3 ... (summary: zip_name).
 masks/<image>.tif     for a TIFF scene or Sentinel-1 product: the stitched mask as a
                       Cloud-Optimized GeoTIFF with the scene's CRS and transform (or its
                       ground control points); 0 = sea, 255 = oil, 127 = no data (outside
@@ -42,8 +65,10 @@ overlays/<image>.png  the same image in grey with the oil tinted orange, for loo
                       its longest side is at most OILSPILL_OVERLAY_MAX_PX.
 results/<image>.<ext> pictures an ML service sent instead of masks (an annotated JPEG from
                       a YOLO-style service); no statistics are computed for them.
-summary.csv           one row per image of the upload:
-summary.json            filename           the image's path in the upload
+summary.csv           one row per image of the upload (a text cell that a spreadsheet
+summary.json          would take for a formula, starting with = + - @, starts with '):
+                        filename           the image's path in the upload, as you named it
+                        zip_name           its name in this zip (<image> above)
                         status             done or failed
                         width, height      in pixels
                         oil_fraction       oil pixels / all pixels, 0..1
@@ -51,6 +76,7 @@ summary.json            filename           the image's path in the upload
                         slick_count        separate slicks (8-connected areas of oil)
                         largest_slick_px   pixels of the largest slick
                         result, overlay    its files in this zip
+                        overlay_error      why its overlay is not in this zip, if it is not
                         error              why it failed, for a failed image
                         tiles              for a scene: the tiles it was cut into
                         crs                for a scene: its coordinate reference system
@@ -73,21 +99,21 @@ spills.geojson        every slick of the job in one file (opens in QGIS as it is
 """
 
 
+def _places(task: Task) -> list[tuple[str, str]]:
+    """(folder, suffix) of each file a done task has in the zip, below its name there."""
+    if task.result_name is None:
+        return []
+    suffix = PurePosixPath(task.result_name).suffix
+    if task.result_kind is ResultKind.MASK:
+        return [("masks", suffix), ("overlays", ".png"), ("spills", ".geojson")]
+    return [("results", suffix)]
+
+
 def _zip_stems(tasks: Sequence[Task]) -> dict[str, str]:
-    """A unique name in the result zip for each done task, from its path in the upload."""
-    used: set[str] = set()
-    stems: dict[str, str] = {}
-    for task in tasks:
-        if task.result_kind is None or task.result_name is None:
-            continue
-        base = str(PurePosixPath(task.filename).with_suffix(""))
-        stem, n = base, 1
-        while stem in used:
-            n += 1
-            stem = f"{base}~{n}"
-        used.add(stem)
-        stems[task.id] = stem
-    return stems
+    """A name in the result zip for each done task, from its path in the upload: safe and
+    unique on every desktop (see names.zip_names)."""
+    return zip_names((task.id, task.filename, places) for task in tasks
+                     if task.result_kind is not None and (places := _places(task)))
 
 
 def _entries(task: Task, stem: str | None) -> tuple[str | None, str | None]:
@@ -108,11 +134,19 @@ def _spills_entry(task: Task, stem: str | None) -> str | None:
 
 
 def _csv_value(value: object) -> object:
-    """Lists (bounds, a centroid) as space-separated numbers in the CSV."""
-    return " ".join(str(v) for v in value) if isinstance(value, list) else value
+    """A summary value as a CSV cell: lists (bounds, a centroid) as space-separated numbers;
+    text that a spreadsheet would run as a formula behind a "'"."""
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return f"'{value}"
+    return value
 
 
-def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str, object]]:
+def summary_rows(tasks: Sequence[Task], stems: dict[str, str],
+                 left_out: dict[str, str] | None = None) -> list[dict[str, object]]:
+    """One row per task; `left_out`: why a task's overlay is not in the zip (by task id)."""
+    left_out = left_out or {}
     rows: list[dict[str, object]] = []
     for t in tasks:
         result, overlay = _entries(t, stems.get(t.id))
@@ -122,57 +156,195 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str]) -> list[dict[str,
             "filename": t.filename, "status": t.status.value, "width": t.width,
             "height": t.height, "oil_fraction": t.oil_fraction, "oil_pixels": t.oil_pixels,
             "slick_count": t.slick_count, "largest_slick_px": t.largest_slick_px,
-            "result": result, "overlay": overlay, "spills": _spills_entry(t, stems.get(t.id)),
+            "result": result, "overlay": None if t.id in left_out else overlay,
+            "spills": _spills_entry(t, stems.get(t.id)),
             "error": t.error, "tiles": scene.get("tiles"), "crs": scene.get("crs"),
             "bounds": scene.get("bounds_lonlat"), "total_area_km2": scene.get("total_area_km2"),
             "largest_slick_km2": scene.get("largest_slick_km2"),
             "largest_slick_centroid": scene.get("largest_slick_centroid"),
             "db_kind": scale.get("db_kind"), "scale_low_db": scale.get("low_db"),
-            "scale_high_db": scale.get("high_db"),
+            "scale_high_db": scale.get("high_db"), "zip_name": stems.get(t.id),
+            "overlay_error": left_out.get(t.id),
         })
     return rows
 
 
 def task_overlay(paths: JobPaths, task: Task, max_px: int) -> Path | None:
     """A done mask's overlay: a scene's quick-look, drawn by strips when it was stitched and
-    never redrawn whole (None if it is gone), or a picture's, drawn on first use and kept."""
+    never redrawn whole (None if it is gone), or a picture's, drawn on first use and kept.
+    Raises UnreadableImage (why, in user's terms) or FileNotFoundError."""
     if not task.has_overlay or task.result_name is None:
         return None
     if task.tiled:
         quicklook = paths.overlay(task.result_name)
         return quicklook if quicklook.is_file() else None
-    return ensure_overlay(paths.image(task.stored_name),
-                          paths.result(ResultKind.MASK, task.result_name),
-                          paths.overlay(task.result_name),
-                          paths.overlay_partial(task.result_name), max_px)
+    started = time.monotonic()
+    overlay = paths.overlay(task.result_name)
+    if overlay.is_file():
+        return overlay
+    try:
+        drawn = ensure_overlay(paths.image(task.stored_name),
+                               paths.result(ResultKind.MASK, task.result_name),
+                               overlay, paths.overlay_partial(task.result_name), max_px)
+    except UnreadableImage as exc:
+        # The user reads the reason; the log keeps the reader's own words (GDAL's) too.
+        cause: BaseException = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        logger.warning("job %s task %s: %s (%s)", task.job_id, task.id, exc, cause)
+        raise
+    logger.info("job %s task %s: overlay drawn in %.2f s", task.job_id, task.id,
+                time.monotonic() - started)
+    return drawn
 
 
-def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int) -> Path:
-    """Write the job's result zip (masks/, overlays/, results/, summary.csv, summary.json,
-    README.txt) atomically."""
+class OverlayDrawings:
+    """Draws each overlay once, however many ask at the same time: the first asker starts
+    the drawing (in a thread), the others wait for its result; a request on the event loop
+    waits without holding a thread. What one drawing costs is then what six cost."""
+
+    def __init__(self, max_px: int) -> None:
+        self._max_px = max_px
+        # Drawings in flight by overlay path; the lock guards only this dict.
+        self._lock = threading.Lock()
+        self._flights: dict[Path, Future[Path | None]] = {}
+        self._threads: set[asyncio.Future[None]] = set()
+
+    def _join(self, paths: JobPaths, task: Task) -> tuple[Path, Future[Path | None], bool]:
+        """(key, the drawing in flight, True if the caller is to draw it)."""
+        key = paths.overlay(task.result_name or "")
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return key, flight, False
+            flight = Future()
+            # Running from the start: a waiter that goes away cannot cancel it for the rest.
+            flight.set_running_or_notify_cancel()
+            self._flights[key] = flight
+            return key, flight, True
+
+    def _fly(self, key: Path, flight: Future[Path | None], paths: JobPaths, task: Task
+             ) -> None:
+        try:
+            flight.set_result(task_overlay(paths, task, self._max_px))
+        except BaseException as exc:  # every waiter gets it
+            flight.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            with self._lock:
+                del self._flights[key]
+
+    def draw(self, paths: JobPaths, task: Task) -> Path | None:
+        """The overlay (see task_overlay), from any thread; blocks until it is drawn."""
+        if not task.has_overlay:
+            return None
+        key, flight, mine = self._join(paths, task)
+        if mine:
+            self._fly(key, flight, paths, task)
+        return flight.result()
+
+    async def draw_async(self, paths: JobPaths, task: Task) -> Path | None:
+        """The overlay (see task_overlay), for the event loop: drawn in a thread."""
+        if not task.has_overlay:
+            return None
+        key, flight, mine = self._join(paths, task)
+        if mine:
+            # Kept until it ends: the drawing goes on if this request goes away.
+            thread = asyncio.get_running_loop().run_in_executor(
+                None, self._fly, key, flight, paths, task)
+            self._threads.add(thread)
+            thread.add_done_callback(self._threads.discard)
+        return await asyncio.wrap_future(flight)
+
+
+def _readme(left_out: Sequence[str], parts: frozenset[str] = ALL_PARTS) -> str:
+    """README.txt, with what was left out of this zip and why."""
+    text = README_TXT
+    if parts != ALL_PARTS:
+        text += ("\nThis zip holds only: " + ", ".join(p for p in ARCHIVE_PARTS if p in parts)
+                 + " (asked for with ?parts=); the whole zip has the rest.\n")
+    if not left_out:
+        return text
+    return (text + "\nLeft out of this zip (the summary says the same):\n"
+            + "".join(f"  {line}\n" for line in left_out))
+
+
+def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | None,
+                  draw: DrawOverlay, left_out: dict[str, str], notes: list[str],
+                  parts: frozenset[str]) -> None:
+    """A done task's overlay and slicks into the zip (those of `parts`); what cannot be made
+    is noted, never raised: one bad image does not sink the zip."""
+    _, overlay = _entries(task, stem)
+    if overlay and "overlays" in parts:
+        try:
+            drawn = draw(paths, task)
+            if drawn is None:
+                raise UnreadableImage("the overlay is missing")
+            zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
+        except Exception as exc:
+            if isinstance(exc, UnreadableImage):  # task_overlay logged why
+                reason = str(exc)
+                logger.info("job %s task %s: overlay left out of the zip", task.job_id, task.id)
+            else:
+                reason = ("the overlay could not be drawn (the server log has why, under "
+                          f"task {task.id})")
+                logger.exception("job %s task %s: overlay left out of the zip", task.job_id,
+                                 task.id)
+            left_out[task.id] = reason
+            notes.append(f"{overlay}: {reason}")
+    if (spills := _spills_entry(task, stem)) and "spills" in parts:
+        try:
+            zf.write(ensure_task_spills(paths, task), spills)
+        except Exception:
+            logger.exception("job %s task %s: slicks left out of the zip", task.job_id, task.id)
+            notes.append(f"{spills}: its slicks could not be read from the mask (the server "
+                         f"log has why, under task {task.id})")
+
+
+def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int,
+                     draw: DrawOverlay | None = None,
+                     parts: frozenset[str] = ALL_PARTS) -> Path:
+    """Write the job's result zip atomically: of `parts`, masks/ and results/ ("masks"),
+    overlays/ ("overlays"), spills/ and spills.geojson ("spills"), summary.csv and
+    summary.json ("summary"); README.txt always. `draw` makes each overlay (by default:
+    task_overlay)."""
+    def draw_here(paths: JobPaths, task: Task) -> Path | None:
+        return task_overlay(paths, task, overlay_max_px)
+
+    draw = draw or draw_here
     stems = _zip_stems(tasks)
-    rows = summary_rows(tasks, stems)
-    target, partial = paths.archive, paths.archive_partial
+    left_out: dict[str, str] = {}
+    notes: list[str] = []
+    target = paths.archive_of(parts)
+    partial = target.with_name(target.name + PARTIAL_SUFFIX)
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("README.txt", README_TXT)
         for task in tasks:
-            result, overlay = _entries(task, stems.get(task.id))
+            result, _ = _entries(task, stems.get(task.id))
             if result is None or task.result_kind is None or task.result_name is None:
                 continue
-            # PNG and JPEG are compressed already: store them as they are.
-            zf.write(paths.result(task.result_kind, task.result_name), result,
-                     compress_type=zipfile.ZIP_STORED)
-            if overlay and (drawn := task_overlay(paths, task, overlay_max_px)) is not None:
-                zf.write(drawn, overlay, compress_type=zipfile.ZIP_STORED)
-            if spills := _spills_entry(task, stems.get(task.id)):
-                zf.write(ensure_task_spills(paths, task), spills)
-        zf.write(build_job_spills(paths, tasks), "spills.geojson")
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-        zf.writestr("summary.csv", text.getvalue())
-        zf.writestr("summary.json", json.dumps(rows, indent=1))
+            if "masks" in parts:
+                # PNG and JPEG are compressed already: store them as they are.
+                zf.write(paths.result(task.result_kind, task.result_name), result,
+                         compress_type=zipfile.ZIP_STORED)
+            _write_extras(zf, paths, task, stems.get(task.id), draw, left_out, notes, parts)
+        if "spills" in parts:
+            try:
+                zf.write(build_job_spills(paths, tasks), "spills.geojson")
+            except Exception:
+                logger.exception("job %s: spills.geojson left out of the zip", paths.job_id)
+                notes.append("spills.geojson: the job's slicks could not be gathered (the "
+                             f"server log has why, under job {paths.job_id})")
+        if "summary" in parts:
+            rows = summary_rows(tasks, stems, left_out)
+            text = io.StringIO()
+            # RFC 4180's CRLF: a name holding a lone CR or LF is then quoted, never a new row.
+            writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, lineterminator="\r\n")
+            writer.writeheader()
+            writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+            zf.writestr("summary.csv", text.getvalue())
+            zf.writestr("summary.json", json.dumps(rows, indent=1))
+        zf.writestr("README.txt", _readme(notes, parts))
     with open(partial, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(partial, target)
@@ -194,6 +366,16 @@ class ResultArchives:
         self._jobs_dir = jobs_dir
         self._overlay_max_px = overlay_max_px
         self._locks: dict[str, asyncio.Lock] = {}
+        self._overlays = OverlayDrawings(overlay_max_px)
+
+    async def overlay(self, task: Task) -> Path | None:
+        """A done mask's overlay (see task_overlay), drawn once even if many ask at once.
+        Raises UnreadableImage or FileNotFoundError."""
+        return await self._overlays.draw_async(JobPaths(self._jobs_dir, task.job_id), task)
+
+    def draw_overlay(self, task: Task) -> Path | None:
+        """The same from a thread, blocking until it is drawn."""
+        return self._overlays.draw(JobPaths(self._jobs_dir, task.job_id), task)
 
     async def ensure_spills(self, job_id: str) -> Path:
         """The finished job's GeoJSON, built once. Raises JobNotFinished."""
@@ -208,36 +390,62 @@ class ResultArchives:
             async with lock:
                 if not paths.job_spills.is_file():
                     tasks = await self._store.list_tasks(job_id)
-                    await asyncio.to_thread(build_job_spills, paths, tasks)
+                    try:
+                        await asyncio.to_thread(build_job_spills, paths, tasks)
+                    except Exception:
+                        await self._unless_deleted(paths)
+                        raise
+                    await self._unless_deleted(paths)
                     logger.info("job %s: spills GeoJSON built (%d tasks)", job_id, len(tasks))
                 return paths.job_spills
         finally:
             if not lock.locked():
                 self._locks.pop(f"{job_id}/spills", None)
 
-    async def ensure(self, job_id: str) -> str:
-        """The result zip's file name, building it first if needed. Raises JobNotFinished."""
+    async def ensure(self, job_id: str, parts: frozenset[str] = ALL_PARTS) -> str:
+        """The result zip's file name (the whole zip, or one of only `parts`), building it
+        first if needed. Raises JobNotFinished; NotFound if the job is deleted meanwhile."""
         job = await self._store.get_job(job_id)
         if not job.finished:
             raise JobNotFinished(job_id)
-        if job.archive_name:
-            return job.archive_name
-        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        paths = JobPaths(self._jobs_dir, job_id)
+        name = archive_name(job_id, parts)
+        if job.archive_name == name or (
+                parts != ALL_PARTS and await asyncio.to_thread(paths.archive_of(parts).is_file)):
+            return name
+        key = f"{job_id}/{name}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
                 job = await self._store.get_job(job_id)
-                if job.archive_name:
-                    return job.archive_name
+                if job.archive_name == name or (parts != ALL_PARTS and await asyncio.to_thread(
+                        paths.archive_of(parts).is_file)):
+                    return name
                 tasks = await self._store.list_tasks(job_id)
-                logger.info("job %s: building result zip", job_id)
+                logger.info("job %s: building result zip %s", job_id, name)
                 started = time.monotonic()
-                await asyncio.to_thread(build_result_zip, JobPaths(self._jobs_dir, job_id), tasks,
-                                        self._overlay_max_px)
-                name = archive_name(job_id)
-                await self._store.set_job_archive(job_id, name)
-                logger.info("job %s: result zip built in %.2f s (%d tasks)", job_id,
+                try:
+                    await asyncio.to_thread(build_result_zip, paths, tasks,
+                                            self._overlay_max_px, self._overlays.draw, parts)
+                except Exception:
+                    await self._unless_deleted(paths)
+                    raise
+                await self._unless_deleted(paths)
+                if parts == ALL_PARTS:
+                    await self._store.set_job_archive(job_id, name)
+                logger.info("job %s: result zip %s built in %.2f s (%d tasks)", job_id, name,
                             time.monotonic() - started, len(tasks))
                 return name
         finally:
             if not lock.locked():
-                self._locks.pop(job_id, None)
+                self._locks.pop(key, None)
+
+    async def _unless_deleted(self, paths: JobPaths) -> None:
+        """After a build: if the job was deleted meanwhile, remove what the build left in
+        its folder (the deletion's own sweep may have run before the build wrote it) and
+        raise NotFound (answered 410)."""
+        try:
+            await self._store.get_job(paths.job_id)
+        except NotFound:
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            raise

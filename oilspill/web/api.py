@@ -18,8 +18,14 @@ from aiohttp.http import HttpProcessingError
 from ..geo.stitch import BadMask
 from ..jobs import Job, ResultKind, Task, TaskStatus
 from ..masks import UnreadableImage
-from ..paths import JobPaths, is_id, is_user_hash, job_id_of_archive
-from ..results import task_overlay
+from ..paths import (
+    ARCHIVE_PARTS,
+    JobPaths,
+    archive_name,
+    is_id,
+    is_user_hash,
+    job_id_of_archive,
+)
 from ..spills import ensure_task_spills
 from ..store import SKIPPED_IN_JOB
 from ..uploads import IncomingUpload, UploadTooLarge
@@ -183,12 +189,12 @@ async def get_picture(request: web.Request) -> web.FileResponse:
 async def get_overlay(request: web.Request) -> web.FileResponse:
     """GET /api/task/{task_id}/overlay: the input in grey with the oil tinted (PNG)."""
     task = await load_task(request)
-    paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
-    try:
-        overlay = await asyncio.to_thread(task_overlay, paths, task,
-                                          request.app[keys.SETTINGS].overlay_max_px)
-    except (OSError, UnreadableImage) as exc:  # files gone with a deletion meanwhile
+    try:  # drawn once, however many ask at once
+        overlay = await request.app[keys.ARCHIVES].overlay(task)
+    except OSError as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no overlay") from exc
+    except UnreadableImage as exc:  # the picture cannot be drawn: say why
+        raise ApiError(404, "not_found", f"task {task.id} has no overlay: {exc}") from exc
     if overlay is None:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay")
     return web.FileResponse(overlay)
@@ -293,9 +299,23 @@ async def delete_job(request: web.Request) -> web.Response:
     return web.json_response({"job_id": job.id, "status": "deleted", "tasks": tasks})
 
 
+def _parts(request: web.Request) -> frozenset[str]:
+    """`?parts=summary,spills,...`: what the zip should hold (default: everything)."""
+    text = request.query.get("parts")
+    if text is None:
+        return frozenset(ARCHIVE_PARTS)
+    parts = frozenset(p.strip() for p in text.split(",") if p.strip())
+    if not parts or not parts <= set(ARCHIVE_PARTS):
+        raise ApiError(400, "bad_query", f"parts is a comma-separated list of "
+                                         f"{', '.join(ARCHIVE_PARTS)}")
+    return parts
+
+
 async def get_archive(request: web.Request) -> web.Response:
-    """GET /api/archive/{job_id}: build (once) the finished job's result zip; link to it."""
-    name = await request.app[keys.ARCHIVES].ensure(_valid_id(request, "job_id", "job"))
+    """GET /api/archive/{job_id}?parts=: build (once) the finished job's result zip, or one
+    of only some parts; link to it."""
+    job_id = _valid_id(request, "job_id", "job")
+    name = await request.app[keys.ARCHIVES].ensure(job_id, _parts(request))
     return web.json_response({"archive_url": f"/api/download/{name}"})
 
 
@@ -311,9 +331,10 @@ async def download(request: web.Request) -> web.FileResponse:
     if job_id is None:
         raise missing
     job = await request.app[keys.STORE].get_job(job_id)  # NotFound: 404, or 410 if deleted
-    if job.archive_name != name:
+    whole = name == archive_name(job_id)
+    if whole and job.archive_name != name:
         raise missing
-    path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).archive
+    path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).root / name
     if not await asyncio.to_thread(path.is_file):
         raise missing
     return web.FileResponse(path, headers={

@@ -478,9 +478,18 @@ def _paths() -> dict[str, Any]:
                 **_errors(*_COMMON, 410)}}},
         "/api/archive/{job_id}": {"get": {
             "summary": "Build (once) a finished job's result zip and link to it",
-            "security": _SECURED, "parameters": [_id_param("job_id")],
+            "description": "`parts` (comma-separated: summary, spills, masks, overlays; "
+                           "default all) builds a smaller zip of only those parts, each "
+                           "choice once: `summary,spills` is a few kilobytes where the whole "
+                           "zip may be gigabytes.",
+            "security": _SECURED,
+            "parameters": [_id_param("job_id"), {
+                "name": "parts", "in": "query", "required": False,
+                "schema": {"type": "string",
+                           "pattern": "^(summary|spills|masks|overlays)"
+                                      "(,(summary|spills|masks|overlays))*$"}}],
             "responses": {"200": _json(_ref("ArchiveLink"), "The link"),
-                          **_errors(*_COMMON, 409, 410)}}},
+                          **_errors(400, *_COMMON, 409, 410)}}},
         "/api/download/{filename}": {"get": {
             "summary": "Download a result zip, by its name or by the job's user hash",
             "description": "`filename` is either the name GET /api/archive/{job_id} linked "
