@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a zip of images, a folder of them, or one image or GeoTIFF scene")
     submit.add_argument("--no-wait", action="store_true",
                         help="print the job id and exit once the upload is accepted")
+    submit.add_argument("--chunk-mb", type=float, default=8.0,
+                        help="size of each piece of a resumable upload, in MiB (default 8)")
     status = sub.add_parser("status", help="a job's progress")
     status.add_argument("job_id")
     fetch = sub.add_parser("fetch", help="wait for a job and download its results")
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     fetch.add_argument("--geojson", type=Path, default=None, metavar="FILE",
                        help="save only every slick of the job as GeoJSON to FILE (a few "
                             "kilobytes; no zip is downloaded)")
+    fetch.add_argument("--parts", default=None, metavar="PART,...",
+                       help="download a zip of only these parts of the results, e.g. "
+                            "summary,spills")
     for client_parser in (submit, status, fetch):
         client_parser.add_argument("--server", default="http://127.0.0.1:8000",
                                    help="the oilspill server (default http://127.0.0.1:8000)")
@@ -102,15 +107,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if getattr(args, "geojson", None) is not None and args.out is not None:
         parser.error("fetch: --geojson and --out are exclusive (--geojson downloads no zip)")
+    parts = [p.strip() for p in (getattr(args, "parts", None) or "").split(",") if p.strip()]
+    if getattr(args, "parts", None) is not None and not parts:
+        parser.error("fetch: --parts needs at least one part, e.g. summary,spills")
+    if parts and args.geojson is not None:
+        parser.error("fetch: --geojson and --parts are exclusive (--geojson downloads no zip)")
+    chunk_mb = getattr(args, "chunk_mb", 8.0)
+    if not 1 / 16 <= chunk_mb <= 4096:
+        parser.error("submit: --chunk-mb must be between 0.0625 and 4096")
 
     if args.command in ("submit", "status", "fetch"):
+        from .client.cache import cache_dir
         from .client.commands import ClientOptions, run
 
-        options = ClientOptions(args.server, args.token, args.json, args.give_up_s)
+        options = ClientOptions(args.server, args.token, args.json, args.give_up_s,
+                                int(chunk_mb * 1024 * 1024), cache_dir(os.environ))
         target = str(args.path) if args.command == "submit" else args.job_id
         raise SystemExit(run(options, args.command, target, getattr(args, "out", None),
                              not getattr(args, "no_wait", False),
-                             getattr(args, "geojson", None)))
+                             getattr(args, "geojson", None), parts))
 
     if args.command == "settings":
         print(settings_table())

@@ -60,6 +60,14 @@ async def wait_finished(client: TestClient, job_id: str, timeout_s: float = 30.0
 StubFactory = Callable[..., Awaitable[str]]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_folder(tmp_path_factory: pytest.TempPathFactory,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI keeps upload URLs and folder zips in the user's cache folder: each test gets
+    its own (subprocesses inherit it), never the real one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 async def start_stub(aiohttp_server: Any) -> StubFactory:
     """Start a real ML stub on a free loopback port; returns its base URL."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -264,3 +265,200 @@ class Stack:
         for proc in (self.server, self.stub):
             if proc:
                 await proc.kill()
+
+
+def client_env(cache_home: Path) -> dict[str, str]:
+    """The environment of an `oilspill` client command, its cache folder under
+    `cache_home` (XDG_CACHE_HOME), not the user's."""
+    return clean_env(XDG_CACHE_HOME=str(cache_home))
+
+
+async def start_client(cwd: Path, cache_home: Path, *args: str
+                       ) -> asyncio.subprocess.Process:
+    """`oilspill ARGS...` as a user runs it, stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "oilspill", *args, cwd=cwd, env=client_env(cache_home),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def run_client(cwd: Path, cache_home: Path, *args: str, timeout_s: float = 180
+                     ) -> tuple[int, str, str]:
+    """Run `oilspill ARGS...` to its end: (exit code, stdout, stderr)."""
+    proc = await start_client(cwd, cache_home, *args)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@dataclasses.dataclass(frozen=True)
+class SeenRequest:
+    """A request head that went through a Link; header names in lower case."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class _RequestHeads:
+    """Finds the request heads in the bytes a client sends on one connection (bodies sized
+    by Content-Length; after a chunked body it stops looking)."""
+
+    def __init__(self, seen: list[SeenRequest]) -> None:
+        self._seen = seen
+        self._head = b""
+        self._body_left = 0
+        self._lost = False
+
+    def feed(self, data: bytes) -> None:
+        while data and not self._lost:
+            if self._body_left:
+                taken = min(self._body_left, len(data))
+                self._body_left -= taken
+                data = data[taken:]
+                continue
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                self._lost = len(self._head) > 64 * 1024
+                return
+            head, data = self._head[:end].decode("latin-1"), self._head[end + 4:]
+            self._head = b""
+            line, *fields = head.split("\r\n")
+            method, path, _ = line.split(" ", 2)
+            headers = {name.strip().lower(): value.strip()
+                       for name, _, value in (f.partition(":") for f in fields)}
+            self._seen.append(SeenRequest(method, path, headers))
+            self._lost = "chunked" in headers.get("transfer-encoding", "").lower()
+            self._body_left = int(headers.get("content-length", "0"))
+
+
+class Link:
+    """A TCP proxy to a server on loopback that breaks as a bad link does, and notes the
+    request heads that go through it (`requests`) and the bytes it forwards each way
+    (`up_bytes` client to server, `down_bytes` server to client).
+
+    cut_up_after, cut_down_after: cut each connection (a reset both ways) once that many
+    bytes have gone through it that way. hold_up(n), hold_down(n): once n more bytes have
+    gone that way (all connections together), forward none that way any more, a stalled
+    link: `held` is set; a client that goes away meanwhile is seen (its connection is cut);
+    otherwise until `release()` (for new connections) or `drop()` (cuts them all)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut_up_after: int | None = None
+        self.cut_down_after: int | None = None
+        self._hold_up_at: int | None = None
+        self._hold_down_at: int | None = None
+        self.held = asyncio.Event()
+        self.cuts = 0
+        self.up_bytes = 0
+        self.down_bytes = 0
+        self.requests: list[SeenRequest] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def hold_up(self, after_bytes: int) -> None:
+        self.held.clear()
+        self._hold_up_at = self.up_bytes + after_bytes
+
+    def hold_down(self, after_bytes: int) -> None:
+        self.held.clear()
+        self._hold_down_at = self.down_bytes + after_bytes
+
+    def release(self) -> None:
+        """New connections go through again (held ones stay held)."""
+        self._hold_up_at = self._hold_down_at = None
+
+    async def drop(self) -> None:
+        """Cut every open connection, as a link that goes down does."""
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    async def close(self) -> None:
+        assert self._server
+        self._server.close()
+        await self.drop()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+                     ) -> None:
+        task = asyncio.current_task()
+        assert task
+        self._handlers.add(task)
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            client_w.transport.abort()
+            self._handlers.discard(task)
+            return
+        heads = _RequestHeads(self.requests)
+        cut = False
+
+        async def upstream() -> None:
+            nonlocal cut
+            sent = 0
+            while data := await client_r.read(64 * 1024):
+                room = len(data)
+                if self.cut_up_after is not None:
+                    room = min(room, self.cut_up_after - sent)
+                if self._hold_up_at is not None:
+                    room = min(room, max(self._hold_up_at - self.up_bytes, 0))
+                data = data[:room] if room < len(data) else data
+                heads.feed(data)
+                server_w.write(data)
+                await server_w.drain()
+                sent += len(data)
+                self.up_bytes += len(data)
+                if self.cut_up_after is not None and sent >= self.cut_up_after:
+                    self.cuts += 1
+                    cut = True
+                    return
+                if self._hold_up_at is not None and self.up_bytes >= self._hold_up_at:
+                    self.held.set()
+                    while await client_r.read(64 * 1024):
+                        pass  # dropped, until the client goes away
+                    cut = True
+                    return
+
+        async def downstream() -> None:
+            nonlocal cut
+            sent = 0
+            while data := await server_r.read(64 * 1024):
+                room = len(data)
+                if self.cut_down_after is not None:
+                    room = min(room, self.cut_down_after - sent)
+                if self._hold_down_at is not None:
+                    room = min(room, max(self._hold_down_at - self.down_bytes, 0))
+                data = data[:room] if room < len(data) else data
+                client_w.write(data)
+                await client_w.drain()
+                sent += len(data)
+                self.down_bytes += len(data)
+                if self.cut_down_after is not None and sent >= self.cut_down_after:
+                    self.cuts += 1
+                    cut = True
+                    return
+                if self._hold_down_at is not None and self.down_bytes >= self._hold_down_at:
+                    self.held.set()
+                    await asyncio.Event().wait()  # stalled until the client goes or drop()
+
+        pumps = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            cut = True
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for writer in (client_w, server_w):
+                if cut:
+                    writer.transport.abort()  # a reset, as a dropped link gives
+                else:
+                    writer.close()
+            self._handlers.discard(task)

@@ -1,7 +1,14 @@
 """The client commands: `oilspill submit`, `oilspill status`, `oilspill fetch`.
 
-`submit` sends a zip of images, a folder (zipped as it streams), or one bare image or
-GeoTIFF scene as it is: the server tells them apart by their first bytes.
+`submit` sends a zip of images, a folder, or one bare image or GeoTIFF scene as it is: the
+server tells them apart by their first bytes. To a server that offers tus (OPTIONS
+/api/uploads/), the upload is resumable (client/tus.py): in chunks, resumed after a dropped
+link and after a new run of the same command; a folder is first zipped into the user's
+cache, so its size is known and a new run sends the same bytes. To an older server, one
+multipart request, a folder zipped as it streams.
+
+Downloads (the result zip, a GeoJSON) go to FILE.part and resume from there (session.py).
+`fetch --parts summary,spills` asks for a zip of only those parts.
 
 `fetch --geojson FILE` waits for the job as `fetch` does, then saves only every slick of
 the job as one GeoJSON file (kilobytes, where the result zip may be gigabytes: for a
@@ -21,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +36,24 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
-from .folders import folder_files, zip_stream
+from . import tus
+from .cache import UploadBook, file_key, folder_key, zip_path
+from .folders import folder_files, zip_stream, zip_to_file
+from .reports import (
+    EXIT_FAILURES,
+    EXIT_GONE,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_RUNNING,
+    geojson_summary,
+    report,
+    report_geojson,
+    summary,
+    tile_counts,
+)
 from .session import ApiFailure, OilspillClient, ServerGone
 
-EXIT_OK, EXIT_FAILURES, EXIT_REFUSED, EXIT_GONE, EXIT_RUNNING = 0, 1, 3, 4, 5
+MIB = 1024 * 1024
 
 ZIP = "application/zip"
 # The content type a file is sent with, by its first bytes. Only a label: the server
@@ -56,10 +76,16 @@ def content_type_of(head: bytes) -> str:
 
 @dataclass(frozen=True)
 class ClientOptions:
+    """server: its base URL. give_up_s: how long to wait for an answer (or, in a transfer,
+    for a byte more). chunk_bytes: the size of each resumable upload's PATCH. cache: the
+    client's folder in the user's cache (cache.cache_dir)."""
+
     server: str
     token: str | None
     as_json: bool
     give_up_s: float
+    chunk_bytes: int = 8 * MIB
+    cache: Path | None = None
 
     @property
     def bars(self) -> bool:
@@ -103,24 +129,97 @@ def _source(path: Path) -> tuple[int, Iterator[bytes], str, str]:
 
 
 async def _upload(client: OilspillClient, path: Path, options: ClientOptions) -> dict[str, Any]:
+    """One multipart request, for a server without tus."""
     total, source, name, content_type = await asyncio.to_thread(_source, path)
     with _bar(options, total=total, unit="B", unit_scale=True, desc="upload") as bar:
         return await client.upload(_chunks(source, bar), name, content_type)
 
 
-def _tiles(job: dict[str, Any]) -> tuple[int, int]:
-    """(done, total) units of work of a job: its tiles, or its images from a server that
-    does not count tiles."""
-    if "tiles_total" in job:
-        return int(job["tiles_done"]), int(job["tiles_total"])
-    return job["done"] + job["failed"], job["total"]
+@dataclass(frozen=True)
+class _Resumable:
+    """What a resumable upload sends: its key in the upload book, the file of its bytes and
+    the upload's name. zipped: that file is a folder's zip in the cache (removed once it is
+    a job); to_zip: the folder's files to zip into it first (none when an earlier run left
+    the zip whole)."""
+
+    key: str
+    source: Path
+    name: str
+    zipped: bool = False
+    to_zip: tuple[Path, ...] = ()
+
+
+def _resumable(path: Path, server: str, cache: Path) -> _Resumable:
+    """The upload of a file as it is, or of a folder as a zip kept in the cache."""
+    if not path.is_dir():
+        return _Resumable(file_key(server, path), path, path.name)
+    files = folder_files(path)
+    if not files:
+        raise ApiFailure(400, f"{path} holds no files")
+    key = folder_key(server, path, files)
+    dest = zip_path(cache, key)
+    return _Resumable(key, dest, f"{path.resolve().name or 'images'}.zip", True,
+                      () if dest.is_file() else tuple(files))
+
+
+async def _zip_folder(path: Path, upload: _Resumable, options: ClientOptions) -> None:
+    total = await asyncio.to_thread(lambda: sum(f.stat().st_size for f in upload.to_zip))
+    _say(options, f"oilspill: zipping {path} into {upload.source.parent} first, so that the "
+                  "upload can resume")
+    with _bar(options, total=total, unit="B", unit_scale=True, desc="zip") as bar:
+        await asyncio.to_thread(zip_to_file, path, upload.to_zip, upload.source, bar.update)
+
+
+async def _upload_resumable(client: OilspillClient, path: Path, options: ClientOptions
+                            ) -> str:
+    """A tus upload, resumed if an earlier run began it; the job's id."""
+    assert options.cache is not None
+    upload = await asyncio.to_thread(_resumable, path, client.base, options.cache)
+    if upload.to_zip:
+        await _zip_folder(path, upload, options)
+    size = await asyncio.to_thread(lambda: upload.source.stat().st_size)
+    sending = tus.TusUpload(client, UploadBook(options.cache), upload.key, upload.source,
+                            size, upload.name, options.chunk_bytes)
+    await sending.open()
+    if sending.offset and sending.job_id is None:
+        _say(options, f"oilspill: resuming the upload of {path} at byte {sending.offset} of "
+                      f"{size}")
+    with _bar(options, total=size, initial=sending.offset, unit="B", unit_scale=True,
+              desc="upload") as bar:
+        def moved(offset: int) -> None:
+            bar.n = offset
+            bar.refresh()
+        try:
+            job_id = await sending.send(moved)
+        except ApiFailure:  # refused: the server has removed the upload
+            await _drop_zip(upload)
+            raise
+        except ServerGone as exc:
+            raise ServerGone(f"{exc}; the upload is kept: run the same command again to "
+                             "resume it") from None
+    await _drop_zip(upload)
+    return job_id
+
+
+async def _drop_zip(upload: _Resumable) -> None:
+    if upload.zipped:
+        await asyncio.to_thread(upload.source.unlink, missing_ok=True)
+
+
+async def _submit(client: OilspillClient, path: Path, options: ClientOptions
+                  ) -> dict[str, Any]:
+    """Upload `path` (resumable when the server offers it); the job's first answer."""
+    if options.cache is None or not await tus.offered(client):
+        return await _upload(client, path, options)
+    job_id = await _upload_resumable(client, path, options)
+    return await client.job(job_id)
 
 
 async def _wait(client: OilspillClient, job_id: str, options: ClientOptions
                 ) -> dict[str, Any]:
     with _bar(options, unit="tile", desc="tiles") as bar:
         def progress(job: dict[str, Any]) -> None:
-            bar.n, bar.total = _tiles(job)
+            bar.n, bar.total = tile_counts(job)
             state: dict[str, Any] = {
                 "images": f"{job['done'] + job['failed']}/{job['total']}",
                 "failed": job["failed"]}
@@ -132,8 +231,8 @@ async def _wait(client: OilspillClient, job_id: str, options: ClientOptions
 
 
 async def _download(client: OilspillClient, job_id: str, out: Path | None,
-                    options: ClientOptions) -> Path:
-    url = await client.archive_url(job_id)
+                    options: ClientOptions, parts: Sequence[str] = ()) -> Path:
+    url = await client.archive_url(job_id, parts)
     dest = out or Path(url.rsplit("/", 1)[1])
     with _bar(options, unit="B", unit_scale=True, desc="download") as bar:
         def progress(received: int, total: int | None) -> None:
@@ -141,59 +240,6 @@ async def _download(client: OilspillClient, job_id: str, out: Path | None,
             bar.n = received
             bar.refresh()
         return await client.download(url, dest, progress)
-
-
-def _total_km2(areas: list[Any]) -> float | None:
-    """The sum of the areas known (km²), or None when none is (no georeference)."""
-    known = [float(a) for a in areas if isinstance(a, (int, float))]
-    return round(sum(known), 6) if known else None
-
-
-def _summary(zip_path: Path) -> dict[str, Any]:
-    with zipfile.ZipFile(zip_path) as zf:
-        rows = json.loads(zf.read("summary.json"))
-    fractions = [r["oil_fraction"] for r in rows if r["oil_fraction"] is not None]
-    return {"images": len(rows), "done": sum(r["status"] == "done" for r in rows),
-            "failed": sum(r["status"] == "failed" for r in rows),
-            "images_with_oil": sum(f > 0 for f in fractions),
-            "largest_oil_fraction": max(fractions, default=None),
-            "slicks": sum(r.get("slick_count") or 0 for r in rows),
-            # Only georeferenced rows (with bounds) have an area: a scene without a
-            # georeference and without slicks says 0 km², not "unknown".
-            "total_area_km2": _total_km2([r.get("total_area_km2") for r in rows
-                                          if r.get("bounds") is not None]),
-            "rows": rows}
-
-
-def _km2_text(km2: float | None) -> str:
-    return "n/a" if km2 is None else f"{km2:.2f}"
-
-
-def _report(job: dict[str, Any], summary: dict[str, Any], zip_path: Path,
-            options: ClientOptions) -> int:
-    code = EXIT_FAILURES if summary["failed"] else EXIT_OK
-    tiles = _tiles(job)[1]
-    if options.as_json:
-        print(json.dumps({"job_id": job["job_id"], "status": job["status"],
-                          "result": str(zip_path.resolve()), "tiles": tiles, **summary}))
-        return code
-    largest = summary["largest_oil_fraction"]
-    print(f"job {job['job_id']}: results in {zip_path}")
-    print(f"  images               {summary['images']}")
-    print(f"  tiles                {tiles}")
-    print(f"  done                 {summary['done']}")
-    print(f"  failed               {summary['failed']}")
-    print(f"  images with oil      {summary['images_with_oil']}")
-    print(f"  largest oil fraction {'n/a' if largest is None else f'{largest:.2%}'}")
-    print(f"  slicks               {summary['slicks']}")
-    print(f"  km\u00b2                  {_km2_text(summary['total_area_km2'])}")
-    for row in summary["rows"]:
-        if row["status"] == "failed":
-            print(f"  failed: {row['filename']}: {row['error']}")
-    if code:
-        print(f"oilspill: {summary['failed']} of {summary['images']} images failed",
-              file=sys.stderr)
-    return code
 
 
 async def _download_geojson(client: OilspillClient, job_id: str, dest: Path,
@@ -206,41 +252,8 @@ async def _download_geojson(client: OilspillClient, job_id: str, dest: Path,
         return await client.download(f"/api/job/{job_id}/spills.geojson", dest, progress)
 
 
-def _geojson_summary(path: Path) -> dict[str, Any]:
-    """Slicks and km² of a job's GeoJSON (km² None in pixel coordinates)."""
-    with open(path, encoding="utf-8") as fh:
-        collection = json.load(fh)
-    if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
-        raise ValueError(f"{path} is not a GeoJSON FeatureCollection")
-    features = collection.get("features") or []
-    if collection.get("properties") == {"coordinates": "pixel"}:  # no georeference
-        return {"slicks": len(features), "total_area_km2": None}
-    areas = [(f.get("properties") or {}).get("area_km2") for f in features]
-    return {"slicks": len(features), "total_area_km2": _total_km2(areas) or 0.0}
-
-
-def _report_geojson(job: dict[str, Any], summary: dict[str, Any], path: Path,
-                    options: ClientOptions) -> int:
-    code = EXIT_FAILURES if job["failed"] else EXIT_OK
-    if options.as_json:
-        print(json.dumps({"job_id": job["job_id"], "status": job["status"],
-                          "geojson": str(path.resolve()), "tiles": _tiles(job)[1],
-                          "images": job["total"], "done": job["done"],
-                          "failed": job["failed"], **summary}))
-        return code
-    print(f"job {job['job_id']}: slicks in {path}")
-    print(f"  images               {job['total']}")
-    print(f"  done                 {job['done']}")
-    print(f"  failed               {job['failed']}")
-    print(f"  slicks               {summary['slicks']}")
-    print(f"  km\u00b2                  {_km2_text(summary['total_area_km2'])}")
-    if code:
-        print(f"oilspill: {job['failed']} of {job['total']} images failed", file=sys.stderr)
-    return code
-
-
 async def _run(options: ClientOptions, action: str, target: str, out: Path | None,
-               wait: bool, geojson: Path | None = None) -> int:
+               wait: bool, geojson: Path | None = None, parts: Sequence[str] = ()) -> int:
     def retrying(reason: str) -> None:
         _say(options, f"oilspill: {reason}; retrying")
 
@@ -251,7 +264,7 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
         client = OilspillClient(session, options.server, options.token, options.give_up_s, retrying)
         try:
             if action == "submit":
-                accepted = await _upload(client, Path(target), options)
+                accepted = await _submit(client, Path(target), options)
                 job_id = accepted["job_id"]
                 if not wait:
                     print(json.dumps(accepted) if options.as_json else job_id)
@@ -263,7 +276,7 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
                 if options.as_json:
                     print(json.dumps(job))
                 else:
-                    tiles_done, tiles = _tiles(job)
+                    tiles_done, tiles = tile_counts(job)
                     print(f"job {job_id}: {job['status']}, {job['done']} done, {job['failed']}"
                           f" failed, {job['queued'] + job['running']} to go of {job['total']};"
                           f" {tiles_done} of {tiles} tiles"
@@ -274,11 +287,11 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
             job = await _wait(client, job_id, options)
             if geojson is not None:  # only the slicks, no zip
                 saved = await _download_geojson(client, job_id, geojson, options)
-                found = await asyncio.to_thread(_geojson_summary, saved)
-                return _report_geojson(job, found, saved, options)
-            zip_path = await _download(client, job_id, out, options)
-            summary = await asyncio.to_thread(_summary, zip_path)
-            return _report(job, summary, zip_path, options)
+                slicks = await asyncio.to_thread(geojson_summary, saved)
+                return report_geojson(job, slicks, saved, options.as_json)
+            zip_path = await _download(client, job_id, out, options, parts)
+            found = await asyncio.to_thread(summary, zip_path)
+            return report(job, found, zip_path, options.as_json)
         except ApiFailure as exc:
             print(f"oilspill: the server refused: {exc}", file=sys.stderr)
             return EXIT_REFUSED
@@ -291,7 +304,8 @@ async def _run(options: ClientOptions, action: str, target: str, out: Path | Non
 
 
 def run(options: ClientOptions, action: str, target: str, out: Path | None = None,
-        wait: bool = True, geojson: Path | None = None) -> int:
+        wait: bool = True, geojson: Path | None = None, parts: Sequence[str] = ()) -> int:
     """Run one client command; returns the exit code. With `geojson` (fetch only), save the
-    job's GeoJSON there instead of downloading its zip."""
-    return asyncio.run(_run(options, action, target, out, wait, geojson))
+    job's GeoJSON there instead of downloading its zip; with `parts`, download a zip of
+    only those parts."""
+    return asyncio.run(_run(options, action, target, out, wait, geojson, parts))

@@ -1,12 +1,16 @@
-"""A folder of images sent as a zip made while it streams: no copy on disk or in memory."""
+"""A folder of images sent as a zip made while it streams (no copy on disk or in memory), or,
+for a resumable upload, whose size must be known first, written to a file."""
 
 from __future__ import annotations
 
 import io
+import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..paths import PARTIAL_SUFFIX
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -48,3 +52,19 @@ def zip_stream(folder: Path, files: Sequence[Path]) -> Iterator[bytes]:
                     entry.write(chunk)
                     yield sink.take()
     yield sink.take()
+
+
+def zip_to_file(folder: Path, files: Sequence[Path], dest: Path,
+                on_bytes: Callable[[int], None] | None = None) -> None:
+    """The same zip as zip_stream, written to `dest` (through a partial name, so a run
+    stopped midway leaves no zip that looks whole); on_bytes(n) for each chunk written."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    with open(partial, "wb") as out:
+        for chunk in zip_stream(folder, files):
+            out.write(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, dest)

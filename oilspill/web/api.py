@@ -31,6 +31,7 @@ from ..store import SKIPPED_IN_JOB
 from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi, original
 from .bodies import job_body, task_body
+from .files import ResultFile
 from .middlewares import ApiError
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ async def get_overlay(request: web.Request) -> web.FileResponse:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay: {exc}") from exc
     if overlay is None:
         raise ApiError(404, "not_found", f"task {task.id} has no overlay")
-    return web.FileResponse(overlay)
+    return ResultFile(overlay)
 
 
 async def get_task_spills(request: web.Request) -> web.FileResponse:
@@ -210,7 +211,7 @@ async def get_task_spills(request: web.Request) -> web.FileResponse:
         path = await asyncio.to_thread(ensure_task_spills, paths, task)
     except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no slicks file") from exc
-    return web.FileResponse(path, headers={"Content-Type": GEOJSON})
+    return ResultFile(path, headers={"Content-Type": GEOJSON})
 
 
 async def get_job_spills(request: web.Request) -> web.FileResponse:
@@ -220,7 +221,7 @@ async def get_job_spills(request: web.Request) -> web.FileResponse:
         path = await request.app[keys.ARCHIVES].ensure_spills(job.id)
     except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"job {job.id} has no slicks file") from exc
-    return web.FileResponse(path, headers={
+    return ResultFile(path, headers={
         "Content-Type": GEOJSON,
         "Content-Disposition": f'attachment; filename="oilspill-spills-{job.id}.geojson"'})
 
@@ -237,7 +238,7 @@ async def _task_file(request: web.Request, kind: ResultKind) -> web.FileResponse
 async def _serve_file(path: Path, missing: str) -> web.FileResponse:
     if not await asyncio.to_thread(path.is_file):
         raise ApiError(404, "not_found", missing)
-    return web.FileResponse(path)
+    return ResultFile(path)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -337,7 +338,7 @@ async def download(request: web.Request) -> web.FileResponse:
     path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).root / name
     if not await asyncio.to_thread(path.is_file):
         raise missing
-    return web.FileResponse(path, headers={
+    return ResultFile(path, headers={
         "Content-Disposition": f'attachment; filename="{name}"'})
 
 

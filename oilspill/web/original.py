@@ -19,6 +19,7 @@ from ..jobs import JobStatus, TaskStatus
 from ..paths import JobPaths, is_id, is_user_hash
 from ..store import NotFound
 from . import keys
+from .files import ResultFile
 from .middlewares import ApiError
 
 CELERY_STATES = {JobStatus.QUEUED: "PENDING", JobStatus.RUNNING: "STARTED",
@@ -83,6 +84,6 @@ async def download(request: web.Request, user_hash: str) -> web.FileResponse:
     path = JobPaths(request.app[keys.SETTINGS].jobs_dir, job_id).archive
     if not await asyncio.to_thread(path.is_file):  # deleted meanwhile
         raise ApiError(404, "not_found", "no job has this user hash")
-    return web.FileResponse(path, headers={
+    return ResultFile(path, headers={
         "Content-Type": "application/zip",
         "Content-Disposition": f'attachment; filename="result_{user_hash}.zip"'})
