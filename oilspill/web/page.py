@@ -1,6 +1,7 @@
-"""The web page: one HTML file, a script and a style sheet shipped in the package.
+"""The web page: one HTML file, its scripts and a style sheet shipped in the package.
 
-No build step, no CDN: it works offline at a field station.
+No build step, no CDN: it works offline at a field station. `tus.min.js` is tus-js-client,
+vendored as published (static/VENDORED.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from .middlewares import ApiError
 
 STATIC_DIR = Path(__file__).with_name("static")
 # Only these names are ever served: nothing else under the folder, no path in a name.
-_STATIC = {"app.js": "text/javascript", "style.css": "text/css",
+_STATIC = {"app.js": "text/javascript", "upload.js": "text/javascript",
+           "tus.min.js": "text/javascript", "style.css": "text/css",
            "favicon.svg": "image/svg+xml"}
 
 
@@ -24,7 +26,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
-    """GET /static/{name}: the page's script and style."""
+    """GET /static/{name}: the page's scripts and style."""
     name = request.match_info["name"]
     if name not in _STATIC:
         raise ApiError(404, "not_found", "no such file")

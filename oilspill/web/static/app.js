@@ -1,13 +1,15 @@
-// oilspill's page: upload a zip of images or one image/GeoTIFF scene, follow the job live
+// oilspill's page: follow the job of an uploaded zip or image/GeoTIFF scene live
 // (counted in tiles: a plain image is one, a scene its tiles and an overview), show the
 // overlays and each image's slicks (from its GeoJSON), download the zip or the GeoJSON.
+// upload.js, loaded after this file, sends the file and calls follow(jobId).
 // Plain JavaScript, no build step and no network but this server's own API.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const tokenInput = $("token");
 tokenInput.value = localStorage.getItem("oilspill-token") || "";
-tokenInput.addEventListener("change", () =>
+// Kept as typed: a reload in the middle of an upload finds it (resuming needs the token).
+tokenInput.addEventListener("input", () =>
   localStorage.setItem("oilspill-token", tokenInput.value.trim()));
 
 function authHeaders() {
@@ -39,49 +41,6 @@ function say(text, bad) {
   $("message").textContent = text;
   $("message").className = bad ? "warn" : "";
 }
-
-// --- upload -------------------------------------------------------------------------------
-
-function upload(file) {
-  // XMLHttpRequest, not fetch: only it reports upload progress.
-  const form = new FormData();
-  form.append("file", file, file.name);
-  const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/api/upload/");
-  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
-  const bar = $("upload-bar");
-  xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) {
-      setBar(bar, e.loaded / e.total,
-             `uploading ${(e.loaded / 1e6).toFixed(1)} of ${(e.total / 1e6).toFixed(1)} MB`);
-    }
-  };
-  xhr.onload = () => {
-    let body = {};
-    try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-    if (xhr.status === 202) {
-      setBar(bar, 1, "uploaded");
-      const skipped = body.skipped_total ? `; ${body.skipped_total} files skipped` : "";
-      say(`${plural(body.task_ids.length, "image")} queued${skipped}.`);
-      follow(body.job_id);
-    } else {
-      say(`Upload refused (${xhr.status}): ${(body.error && body.error.message) || xhr.statusText}`, true);
-    }
-  };
-  xhr.onerror = () => say("The upload failed: the server could not be reached.", true);
-  say("");
-  xhr.send(form);
-}
-
-$("file").addEventListener("change", (e) => { if (e.target.files[0]) upload(e.target.files[0]); });
-const drop = $("drop");
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
-  e.preventDefault();
-  drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) upload(e.dataTransfer.files[0]);
-});
 
 // --- following a job ----------------------------------------------------------------------
 
