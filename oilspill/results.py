@@ -293,7 +293,8 @@ def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | 
                                  task.id)
             left_out[task.id] = reason
             notes.append(f"{overlay}: {reason}")
-    if (spills := _spills_entry(task, stem)) and "spills" in parts:
+    # An image's own slicks sit beside its mask; spills.geojson holds them all anyway.
+    if (spills := _spills_entry(task, stem)) and {"spills", "masks"} <= parts:
         try:
             zf.write(ensure_task_spills(paths, task), spills)
         except Exception:
@@ -306,9 +307,9 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int
                      draw: DrawOverlay | None = None,
                      parts: frozenset[str] = ALL_PARTS) -> Path:
     """Write the job's result zip atomically: of `parts`, masks/ and results/ ("masks"),
-    overlays/ ("overlays"), spills/ and spills.geojson ("spills"), summary.csv and
-    summary.json ("summary"); README.txt always. `draw` makes each overlay (by default:
-    task_overlay)."""
+    overlays/ ("overlays"), spills.geojson ("spills"; and spills/, each image's, with
+    "masks" too), summary.csv and summary.json ("summary"); README.txt always. `draw`
+    makes each overlay (by default: task_overlay)."""
     def draw_here(paths: JobPaths, task: Task) -> Path | None:
         return task_overlay(paths, task, overlay_max_px)
 
