@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .config import ConfigError, Settings, from_env, settings_table
+from .config import ConfigError, Settings, from_env, ml_endpoints, settings_table
 from .logs import configure as configure_logging
 
 logger = logging.getLogger("oilspill")
@@ -45,6 +45,7 @@ def _is_loopback(host: str) -> bool:
 
 def serve(settings: Settings) -> None:
     # Imported here: the client commands must start without the server's imports.
+    from .ml_tier import public_url
     from .web.app import create_app
     from .web.server import serve_forever
 
@@ -55,7 +56,9 @@ def serve(settings: Settings) -> None:
     if settings.bundled_ml_stub:
         # First in, last out: the stub is up before the worker pool calls it.
         app.cleanup_ctx.insert(0, _bundled_stub(settings))
-    ml = settings.ml_service_url + (" (bundled ML stub)" if settings.bundled_ml_stub else "")
+    # Shown without any user name or password a URL carries.
+    ml = ", ".join(public_url(e.url) for e in ml_endpoints(settings.ml_service_url)) + (
+        " (bundled ML stub)" if settings.bundled_ml_stub else "")
     asyncio.run(serve_forever(
         app, settings.host, settings.port, settings.shutdown_grace_s,
         started=lambda: logger.info("oilspill listening on http://%s:%d (the page: http://%s:"

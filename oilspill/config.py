@@ -30,6 +30,59 @@ def _setting(env: str, default: Any, help: str, lo: float | None = None,
 
 
 @dataclass(frozen=True)
+class MLEndpoint:
+    """One endpoint of ML_SERVICE_URL: `url` without its fragment (credentials kept, for
+    the calls), `limit` its own calls in flight (None: OILSPILL_CONCURRENCY)."""
+
+    url: str
+    limit: int | None = None
+
+    @property
+    def spelled(self) -> str:
+        """As it is written in ML_SERVICE_URL (normalised)."""
+        return self.url if self.limit is None else f"{self.url}#limit={self.limit}"
+
+
+_ENDPOINT = re.compile(r"^https?://[^/\s#?]+(/[^\s#?]*)?$", re.IGNORECASE)
+_OIP_PATH = re.compile(r"/v2/models(/|$)")
+_OIP_MODEL = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?(/infer)?$")
+_LIMIT = re.compile(r"^limit=(\d+)$")
+_USERINFO = re.compile(r"//[^/@\s]*@")
+MAX_ENDPOINT_LIMIT = 1024
+
+
+def ml_endpoints(raw: str) -> tuple[MLEndpoint, ...]:
+    """Parse ML_SERVICE_URL: comma-separated `http(s)://host[:port][/path][#limit=N]`; a
+    path holding `/v2/models/` must name a model (`/v2/models/<name>[/versions/<v>]`).
+    Raises ConfigError naming the variable and the bad part."""
+    endpoints: list[MLEndpoint] = []
+    for part in raw.split(","):
+        url, _, fragment = part.strip().partition("#")
+        spelled = _USERINFO.sub("//***@", part.strip())  # as shown in an error: no password
+        url = url.rstrip("/")
+        if not _ENDPOINT.match(url):
+            raise ConfigError(f"ML_SERVICE_URL: {spelled!r} is not http(s)://host[:port] or "
+                              "http(s)://host[:port]/v2/models/<name> (a list is "
+                              "comma-separated)")
+        if _OIP_PATH.search(url) and not _OIP_MODEL.search(url):
+            raise ConfigError(f"ML_SERVICE_URL: {spelled!r}: an Open Inference Protocol URL "
+                              "is http(s)://host[:port]/v2/models/<name>[/versions/<v>]")
+        limit = None
+        if fragment:
+            match = _LIMIT.match(fragment)
+            if match is None or not 1 <= int(match.group(1)) <= MAX_ENDPOINT_LIMIT:
+                raise ConfigError(f"ML_SERVICE_URL: {spelled!r}: the only fragment is "
+                                  f"#limit=N, N from 1 to {MAX_ENDPOINT_LIMIT}")
+            limit = int(match.group(1))
+        endpoints.append(MLEndpoint(url, limit))
+    urls = [e.url for e in endpoints]
+    if duplicate := next((u for u in urls if urls.count(u) > 1), None):
+        raise ConfigError(f"ML_SERVICE_URL lists {_USERINFO.sub('//***@', duplicate)!r} "
+                          "twice: raise its #limit=N instead")
+    return tuple(endpoints)
+
+
+@dataclass(frozen=True)
 class Settings:
     """The service's configuration. Sizes are bytes, durations seconds."""
 
@@ -40,10 +93,19 @@ class Settings:
         "Folder for the database and every job's files; nothing is written elsewhere.")
     ml_service_url: str = _setting(
         "ML_SERVICE_URL", DEFAULT_ML_SERVICE_URL,
-        "Base URL of the ML segmentation service. When unset, `oilspill serve` also runs "
+        "The ML service: one URL or a comma-separated list of endpoints, each "
+        "`http(s)://host:port` (the /segment contract) or `http(s)://host:port/v2/models/"
+        "<name>[/versions/<v>]` (Open Inference Protocol v2), optionally ending in "
+        "`#limit=N` (its own OILSPILL_CONCURRENCY). When unset, `oilspill serve` also runs "
         "the bundled ML stub on 127.0.0.1:8002.")
     concurrency: int = _setting(
-        "OILSPILL_CONCURRENCY", 4, "Calls to the ML service in flight at once.", 1, 1024)
+        "OILSPILL_CONCURRENCY", 4,
+        "Calls in flight at once per ML endpoint (a URL's `#limit=N` overrides it).", 1, 1024)
+    ml_batch: int = _setting(
+        "OILSPILL_ML_BATCH", 8,
+        "Most images of one size sent in one request to an OIP v2 endpoint whose model takes "
+        "a batch dimension (only those already waiting: no wait for more); 1: no batching.",
+        1, 256)
     max_upload_bytes: int = _setting(
         "OILSPILL_MAX_UPLOAD_BYTES", 1 * GIB,
         "Largest accepted upload (the zip, image or scene as sent); larger gets 413.", 1)
@@ -112,7 +174,9 @@ class Settings:
     ml_pause_after: int = _setting(
         "OILSPILL_ML_PAUSE_AFTER", 3,
         "Consecutive connection failures after which the pool pauses and probes the ML "
-        "service's /health until it answers.", 1, 1000)
+        "service's /health until it answers; with several endpoints, failures in a row (5xx, "
+        "timeouts) after which one is taken out of rotation while another is in it (one that "
+        "cannot be reached is at once).", 1, 1000)
     shutdown_grace_s: float = _setting(
         "OILSPILL_SHUTDOWN_GRACE_S", 20.0,
         "On SIGTERM/SIGINT, how long calls in flight may finish; the rest are re-queued.",
@@ -159,6 +223,11 @@ class Settings:
     @property
     def cors_origin_set(self) -> frozenset[str]:
         return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @property
+    def ml_endpoint_list(self) -> tuple[MLEndpoint, ...]:
+        """The ML endpoints ML_SERVICE_URL lists (ConfigError for a bad one)."""
+        return ml_endpoints(self.ml_service_url)
 
     @property
     def db_path(self) -> Path:
@@ -239,10 +308,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         raise ConfigError(f"OILSPILL_TILE_OVERLAP_PX must be under half of OILSPILL_TILE_PX "
                           f"({tile_px})")
     if "ml_service_url" in values:
-        url = values["ml_service_url"].rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ConfigError(f"ML_SERVICE_URL={env['ML_SERVICE_URL']!r}: expected http(s)://host[:port]")
-        values["ml_service_url"] = url
+        endpoints = ml_endpoints(values["ml_service_url"])  # ConfigError naming the URL
+        values["ml_service_url"] = ",".join(e.spelled for e in endpoints)
     values["bundled_ml_stub"] = "ML_SERVICE_URL" not in env
     return Settings(**values)
 

@@ -47,6 +47,32 @@ class Metrics:
         self.ml_reachable = Gauge("oilspill_ml_service_reachable",
                                   "1 while the ML service answers, 0 while the pool waits",
                                   registry=r)
+        # Per ML endpoint, labelled by its URL without credentials. Requests are HTTP calls
+        # (a batch is one), calls are images answered.
+        self.ml_endpoint_up = Gauge(
+            "oilspill_ml_endpoint_up", "1 while the ML endpoint is in rotation and answers, 0 "
+            "while it is out (probed) or failing", ["endpoint"], registry=r)
+        self.ml_endpoint_in_flight = Gauge(
+            "oilspill_ml_endpoint_in_flight", "Requests to the ML endpoint in flight",
+            ["endpoint"], registry=r)
+        self.ml_endpoint_limit = Gauge(
+            "oilspill_ml_endpoint_limit", "Requests the ML endpoint may have in flight",
+            ["endpoint"], registry=r)
+        self.ml_endpoint_calls = Counter(
+            "oilspill_ml_endpoint_calls", "Images the ML endpoint answered", ["endpoint"],
+            registry=r)
+        self.ml_endpoint_requests = Counter(
+            "oilspill_ml_endpoint_requests", "HTTP requests to the ML endpoint (a batch is one)",
+            ["endpoint"], registry=r)
+        self.ml_endpoint_errors = Counter(
+            "oilspill_ml_endpoint_errors", "Failed requests to the ML endpoint by kind",
+            ["endpoint", "kind"], registry=r)
+        self.ml_endpoint_seconds = Histogram(
+            "oilspill_ml_endpoint_request_seconds", "Time of one request to the ML endpoint",
+            ["endpoint"], buckets=ML_BUCKETS_S, registry=r)
+        self.ml_rerouted = Counter(
+            "oilspill_ml_rerouted", "Calls sent again to another endpoint after one failed",
+            registry=r)
         self.loop_lag_max = Gauge("oilspill_event_loop_lag_max_seconds",
                                   "Largest event-loop stall since start", registry=r)
 

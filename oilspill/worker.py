@@ -28,7 +28,9 @@ from .geo.stitch import BadMask
 from .jobs import RetryPolicy, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import Answer, UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
-from .ml_client import MLClient, MLRejected, MLUnavailable, MLUnreachable
+from .ml_client import MLRejected, MLUnavailable, MLUnreachable
+from .ml_tier import MLTier
+from .oip_client import CountedMask
 from .outage import OutageGate
 from .paths import JobPaths, result_name
 from .recorder import Recorder
@@ -52,9 +54,10 @@ INLINE_IMAGE_BYTES = 1024 * 1024  # images up to this size are sent from memory
 
 class WorkerPool:
     """`workers` claim loops (default 2 x concurrency) sharing one semaphore of
-    `concurrency` ML calls."""
+    `concurrency` ML calls: the ML tier's capacity (every endpoint's limit; for an OIP
+    endpoint times the batch, so that calls wait in the tier to be batched)."""
 
-    def __init__(self, *, store: Store, ml: MLClient, jobs_dir: Path, concurrency: int,
+    def __init__(self, *, store: Store, ml: MLTier, jobs_dir: Path, concurrency: int,
                  policy: RetryPolicy, gate: OutageGate, max_image_pixels: int,
                  scene_settings: SceneSettings, metrics: Metrics, workers: int | None = None,
                  rng: random.Random | None = None) -> None:
@@ -384,7 +387,9 @@ def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths
     """Classify the answer and move it into place (the recorder makes it durable before the
     task is marked done). Returns the answer, the result's file name and the file written."""
     try:
-        answer = read_answer(body, width, height)
+        # A mask the OIP client made comes with its figures, counted from its array.
+        answer = (body.answer if isinstance(body, CountedMask) and body.size == (width, height)
+                  else read_answer(body, width, height))
         if isinstance(body, bytes):
             spill.write_bytes(body)
         name = result_name(task.seq, answer.extension)

@@ -288,6 +288,7 @@ async def metrics(request: web.Request) -> web.Response:
         registry.tasks.labels(status.value).set(count)
     registry.queue_depth.set(counts[TaskStatus.QUEUED])
     registry.ml_reachable.set(1 if app[keys.POOL].ml_reachable else 0)
+    app[keys.ML_CLIENT].export(registry)
     registry.loop_lag_max.set(app[keys.LOOP_LAG].max_lag_s)
     body, content_type = registry.render()
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -348,7 +349,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """GET /healthz: 200 when the database answers."""
+    """GET /healthz: 200 when the database answers; the ML service's state and each of
+    its endpoints' figures."""
     try:
         await request.app[keys.STORE].ping()
     except Exception as exc:
@@ -359,4 +361,5 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok", "database": "ok",
         "ml_service": "reachable" if reachable else "unreachable",
         "ml_service_url": request.app[keys.ML_CLIENT].base_url,
+        "ml_endpoints": request.app[keys.ML_CLIENT].stats(),
         "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2)})

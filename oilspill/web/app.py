@@ -2,9 +2,10 @@
 
 Each resource is one `cleanup_ctx` generator, set up before its `yield` and torn down after
 it, in reverse order: the event-loop lag monitor, the data dir, the database (with crash
-recovery and the result builder), the HTTP session to the ML service, the worker pool, the
-cleanup scheduler. Process-wide settings (Pillow's pixel guard, warning filters) are set
-here too, so tests, the demo and `oilspill serve` run alike.
+recovery and the result builder), the HTTP session and the ML tier (every endpoint of
+ML_SERVICE_URL), the worker pool, the cleanup scheduler. Process-wide settings (Pillow's
+pixel guard, warning filters) are set here too, so tests, the demo and `oilspill serve` run
+alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..config import Settings
 from ..jobs import RetryPolicy
 from ..looplag import LoopLagMonitor
 from ..metrics import Metrics
-from ..ml_client import MLClient
+from ..ml_tier import MLTier
 from ..outage import OutageGate
 from ..results import ResultArchives
 from ..scenes import SceneSettings
@@ -75,25 +76,33 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
 
 async def _ml_client(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
-    connector = aiohttp.TCPConnector(limit=settings.concurrency * 2)
+    connector = aiohttp.TCPConnector(limit=MLTier.connections_for(settings))
     async with aiohttp.ClientSession(connector=connector) as session:
-        app[keys.ML_CLIENT] = MLClient(
-            session, settings.ml_service_url, timeout_s=settings.ml_timeout_s,
-            connect_timeout_s=settings.ml_connect_timeout_s,
-            max_response_bytes=settings.max_ml_response_bytes, metrics=app[keys.METRICS])
+        tier = MLTier.from_settings(session, settings, app[keys.METRICS])
+        app[keys.ML_CLIENT] = tier
+        tier.start()
+        logger.info("ML tier: %d endpoint(s), %s; up to %d calls at once",
+                    len(tier.endpoints), ", ".join(
+                        f"{e.url} ({e.protocol.value}, limit {e.limit})" for e in tier.endpoints),
+                    tier.capacity)
         yield
+        await tier.close()
 
 
 async def _worker_pool(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     ml = app[keys.ML_CLIENT]
+    gate = OutageGate(ml.healthy, trip_after=settings.ml_pause_after)
+    # Every endpoint down pauses the pool; the first one back (its own probe) resumes it.
+    ml.on_endpoint_back(gate.reopen)
     pool = WorkerPool(
         store=app[keys.STORE], ml=ml, jobs_dir=settings.jobs_dir,
-        concurrency=settings.concurrency,
+        # The calls the endpoints can hold at once (each limit; times the batch for OIP).
+        concurrency=ml.capacity,
         policy=RetryPolicy(max_attempts=settings.ml_max_attempts,
                            base_delay_s=settings.ml_retry_base_s,
                            max_delay_s=settings.ml_retry_max_s),
-        gate=OutageGate(ml.healthy, trip_after=settings.ml_pause_after),
+        gate=gate,
         metrics=app[keys.METRICS],
         max_image_pixels=settings.max_image_pixels,
         scene_settings=SceneSettings.of(settings),

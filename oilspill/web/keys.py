@@ -10,7 +10,7 @@ from ..cleanup import Cleanup
 from ..config import Settings
 from ..looplag import LoopLagMonitor
 from ..metrics import Metrics
-from ..ml_client import MLClient
+from ..ml_tier import MLTier
 from ..results import ResultArchives
 from ..resumable import ResumableUploads
 from ..store import Store
@@ -19,7 +19,7 @@ from .feeds import Feeds
 
 SETTINGS = web.AppKey("settings", Settings)
 STORE = web.AppKey("store", Store)
-ML_CLIENT = web.AppKey("ml_client", MLClient)
+ML_CLIENT = web.AppKey("ml_client", MLTier)
 POOL = web.AppKey("pool", WorkerPool)
 ARCHIVES = web.AppKey("archives", ResultArchives)
 CLEANUP = web.AppKey("cleanup", Cleanup)

@@ -484,3 +484,40 @@ $("geojson").addEventListener("click", async (event) => {
 
 const resume = new URLSearchParams(location.search).get("job");
 if (resume) follow(resume);
+
+// --- the ML endpoints (GET /healthz is open: no token) -----------------------------------
+function endpointProtocol(e) {
+  if (e.protocol !== "oip") return "/segment";
+  const parts = ["OIP v2"];
+  if (e.model) parts.push(e.model);
+  if (e.binary !== null) parts.push(e.binary ? "binary" : "JSON");
+  if (e.batch > 1) parts.push(`batch ${e.batch}`);
+  return parts.join(", ");
+}
+
+async function showEndpoints() {
+  let health;
+  try {
+    health = await (await fetch("/healthz")).json();
+  } catch (error) {
+    return; // the server is away: the job's own view says so
+  }
+  const rows = (health.ml_endpoints || []).map((e) => {
+    const state = !e.in_rotation ? "out of rotation (probed)"
+      : e.reachable ? "reachable" : "unreachable";
+    const cells = [e.url, endpointProtocol(e), state, `${e.in_flight} / ${e.limit}`,
+                   String(e.calls), String(e.errors),
+                   e.mean_latency_ms === null ? "-" : `${e.mean_latency_ms} ms`];
+    const row = document.createElement("tr");
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text; // URLs come from the server's settings: never as HTML
+      row.append(cell);
+    }
+    if (!(e.in_rotation && e.reachable)) row.className = "warn";
+    return row;
+  });
+  $("ml-endpoints").tBodies[0].replaceChildren(...rows);
+}
+showEndpoints();
+setInterval(() => { if (!document.hidden) showEndpoints(); }, 5000);
