@@ -15,11 +15,11 @@ Blocking: the worker runs these in threads. Memory depends on one tile, never th
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from .config import Settings
 from .geo import GDAL_OPTIONS
+from .geo.draft import Draft
 from .geo.quicklook import render_quicklook
 from .geo.safe import Calibration
 from .geo.scale import Stretch, grey_png, to_grey
@@ -43,11 +44,12 @@ from .geo.scene import (
     Survey,
     UnreadableScene,
     inspect_scene,
+    overview_raw,
     read_raw,
-    read_window,
     survey_scene,
+    to_values,
 )
-from .geo.stitch import Georef, MaskStats, create_draft, finish_mask, write_core
+from .geo.stitch import Georef, create_draft, write_cog
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, is_mask
@@ -80,7 +82,9 @@ class SceneContext:
     """What every unit of one scene needs: its header, survey, scale and calibration.
 
     grey_table: the grey of every raw value, for an uncalibrated 8- or 16-bit scene (a tile
-    is then one lookup instead of a logarithm per pixel); None otherwise.
+    is then one lookup instead of a logarithm per pixel); None otherwise. draft: the
+    stitched mask being built (the tiles' cores this process wrote, counted and traced as
+    its rows become final).
     """
 
     path: Path
@@ -89,20 +93,7 @@ class SceneContext:
     stretch: Stretch
     calibration: Calibration | None
     grey_table: np.ndarray | None
-    draft: Path
-    # The tiles whose cores this process wrote into the draft; one writer at a time.
-    written: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def valid(self, window: Window) -> np.ndarray:
-        return self.survey.valid_mask(window)
-
-    def write_core(self, unit: TileUnit, mask: Path) -> None:
-        """Put a done tile's core into the draft of the stitched mask."""
-        tile = Tile(unit.idx, *unit.window, *unit.core)
-        with self.lock:
-            write_core(self.draft, self.info.width, self.info.height, tile, mask, self.valid)
-            self.written.add(unit.idx)
+    draft: Draft
 
     def grey(self, window: tuple[int, int, int, int] | Window,
              shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -115,12 +106,21 @@ class SceneContext:
     def grey_and_valid(self, window: tuple[int, int, int, int] | Window,
                        shape: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A window as 8-bit grey on the scene's scale, and its valid pixels."""
+        raw, valid = read_raw(self.path, self.info, window, self.survey, shape)
+        return self._grey_of(raw, valid, window), valid
+
+    def overview_grey_and_valid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The overview as 8-bit grey on the scene's scale, and its valid pixels: from the
+        raw values its survey kept (the scene is not read again)."""
+        raw, valid = overview_raw(self.info, self.survey)
+        return self._grey_of(raw, valid, (0, 0, self.info.width, self.info.height)), valid
+
+    def _grey_of(self, raw: np.ndarray, valid: np.ndarray,
+                 window: tuple[int, int, int, int] | Window) -> np.ndarray:
         if self.grey_table is not None:
-            raw, valid = read_raw(self.path, self.info, window, self.survey, shape)
-            return np.asarray(self.grey_table[raw]), valid
-        values, valid = read_window(self.path, self.info, window, self.survey,
-                                    self.calibration, out_shape=shape)
-        return to_grey(values, valid, self.stretch), valid
+            return np.take(self.grey_table, raw)  # one lookup per pixel, the GIL released
+        values = to_values(raw, self.info, window, self.calibration)
+        return to_grey(values, valid, self.stretch)
 
 
 def plan_units(path: Path, settings: SceneSettings) -> tuple[NewTile, ...]:
@@ -193,10 +193,14 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
     calibration_xml = paths.calibration(task.stored_name)
     calibration = Calibration.from_xml(calibration_xml) if calibration_xml.is_file() else None
     survey_path = paths.survey(task.seq)
+    overview = _overview_size(info, settings)
     try:
         survey = Survey.load(survey_path)
+        kept = None if survey.overview is None else survey.overview.shape
+        if kept != (None if overview is None else (overview[1], overview[0])):
+            raise SceneError("the survey was made for another tile size")
     except (OSError, SceneError):
-        survey = survey_scene(image, info, calibration)
+        survey = survey_scene(image, info, calibration, overview=overview)
         survey_path.parent.mkdir(parents=True, exist_ok=True)
         partial = paths.scene_partial(task.seq, survey_path.name)
         try:
@@ -207,9 +211,20 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
     stretch = Stretch.from_survey(survey)
     table = stretch.grey_table(info.dtype) if calibration is None else None
     # A draft left by another process holds unknown tiles: start it afresh.
-    draft = paths.scene_draft(task.seq)
-    create_draft(draft, info.width, info.height, _georef(info))
+    draft_path = paths.scene_draft(task.seq)
+    create_draft(draft_path, info.width, info.height, _georef(info))
+    draft = Draft(draft_path, info.width, info.height,
+                  tile_grid(info.width, info.height, settings.tile_px, settings.overlap_px),
+                  survey.valid_mask, overview=overview is not None,
+                  large_px=max(1, settings.tile_px // 2))
     return SceneContext(image, info, survey, stretch, calibration, table, draft)
+
+
+def _overview_size(info: SceneInfo, settings: SceneSettings) -> tuple[int, int] | None:
+    """(width, height) of the scene's overview unit; None for a scene of one tile."""
+    if info.width <= settings.tile_px and info.height <= settings.tile_px:
+        return None
+    return overview_shape(info.width, info.height, settings.tile_px)
 
 
 def unit_shape(unit: TileUnit) -> tuple[int, int]:
@@ -227,7 +242,11 @@ def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
     first, last = ctx.survey.row_first[row:row + h], ctx.survey.row_last[row:row + h]
     if ((last < col) | (first >= col + w) | (first > last)).all():
         return None  # no row's valid extent reaches into the window: border only
-    grey, valid = ctx.grey_and_valid(unit.window, (height, width))
+    if unit.kind is UnitKind.OVERVIEW and ctx.survey.overview is not None \
+            and ctx.survey.overview.shape == (height, width):
+        grey, valid = ctx.overview_grey_and_valid()
+    else:
+        grey, valid = ctx.grey_and_valid(unit.window, (height, width))
     if not valid.all():
         # Border pixels get the sea beside them, mirrored: a flat fill has no speckle, and
         # a model that measures the sea's texture would take the real sea beside it for
@@ -239,22 +258,37 @@ def read_unit(ctx: SceneContext, unit: TileUnit) -> bytes | None:
 def mirror_into_border(grey: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The picture with each invalid pixel taken from the valid pixels mirrored across the
     nearest edge of its row's valid run (rows with none, from the nearest row that has)."""
-    height, width = grey.shape
+    width = grey.shape[1]
     has = valid.any(axis=1)
     if not has.any():
         return grey
-    cols = np.arange(width)
-    first = np.where(has, valid.argmax(axis=1), 0)
-    last = np.where(has, width - 1 - valid[:, ::-1].argmax(axis=1), 0)
-    span = np.maximum(last - first, 0)[:, None]
-    # Reflect about the run's edges (folding back and forth for a short run).
-    offset = np.abs((cols[None, :] - first[:, None]) % np.maximum(2 * span, 1))
-    source = first[:, None] + np.where(offset > span, 2 * span - offset, offset)
-    mirrored = np.take_along_axis(grey, np.clip(source, 0, width - 1), axis=1)
-    rows_with = np.flatnonzero(has)
-    nearest = rows_with[np.abs(np.arange(height)[:, None] - rows_with[None, :]).argmin(axis=1)]
-    filled = mirrored[nearest]
-    return np.where(valid, grey, filled)
+    rows = np.flatnonzero(has)
+    # Whole rows as a slice when they follow each other (the usual case): views, not copies.
+    picked = slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else rows
+    first = valid[picked].argmax(axis=1).astype(np.int32)
+    last = width - 1 - valid[picked, ::-1].argmax(axis=1).astype(np.int32)
+    span = (last - first)[:, None]
+    out = grey.copy()
+    # Only the columns left of some row's run or right of some row's run change (inside a
+    # run a pixel mirrors onto itself): a tile's border is a small part of it.
+    for start, stop in ((0, int(first.max())), (int(last.min()) + 1, width)):
+        if start >= stop:
+            continue
+        columns = np.arange(start, stop, dtype=np.int32)
+        # Reflect about the run's edges (folding back and forth for a short run).
+        offset = (columns[None, :] - first[:, None]) % np.maximum(2 * span, 1)
+        source = first[:, None] + np.where(offset > span, 2 * span - offset, offset)
+        mirrored = np.take_along_axis(grey[picked], source, axis=1)
+        keep = valid[picked, start:stop]
+        out[picked, start:stop] = np.where(keep, grey[picked, start:stop], mirrored)
+    # A row without valid pixels copies the nearest row that has some (the upper on a tie).
+    empty = np.flatnonzero(~has)
+    if empty.size:
+        after = np.minimum(np.searchsorted(rows, empty), len(rows) - 1)
+        before = np.maximum(after - 1, 0)
+        upper = np.abs(empty - rows[before]) <= np.abs(rows[after] - empty)
+        out[empty] = out[np.where(upper, rows[before], rows[after])]
+    return out
 
 
 def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes | None,
@@ -285,8 +319,11 @@ def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes |
         if isinstance(answer, Path):
             answer.unlink(missing_ok=True)
     if unit.kind is UnitKind.TILE:
-        ctx.write_core(unit, target)
+        band = np.zeros((height, width), np.uint8) if answer is None else _decoded(
+            answer if isinstance(answer, bytes) else target)
+        ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core), band)
         return [target]
+    ctx.draft.add_overview(target)
     if sent is None:
         return [target]
     picture = paths.overview_grey(unit.task.seq)
@@ -297,6 +334,12 @@ def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes |
     finally:
         partial.unlink(missing_ok=True)
     return [target, picture]
+
+
+def _decoded(mask: bytes | Path) -> np.ndarray:
+    """The band of an 8-bit one-channel PNG (checked by masks.is_mask) from its bytes."""
+    with Image.open(io.BytesIO(mask) if isinstance(mask, bytes) else mask) as image:
+        return np.asarray(image)
 
 
 def _georef(info: SceneInfo) -> Georef:
@@ -328,16 +371,17 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     its slicks over the valid area, draw its quick-look; returns the outcome and the files
     written (to make durable)."""
     tiles = [u for u in units if u.kind is UnitKind.TILE]
-    for unit in tiles:  # those another process did (before a restart)
-        if unit.idx not in ctx.written:
-            ctx.write_core(unit, paths.tile_mask(task.seq, unit.idx))
     overviews = [u for u in units if u.kind is UnitKind.OVERVIEW]
-    overview = paths.tile_mask(task.seq, overviews[0].idx) if overviews else None
+    if overviews and ctx.draft.awaiting_overview:  # done by another process (before a restart)
+        ctx.draft.add_overview(paths.tile_mask(task.seq, overviews[0].idx))
+    for unit in tiles:  # those another process did
+        if unit.idx not in ctx.draft.written:
+            ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core),
+                            paths.tile_mask(task.seq, unit.idx))
+    stats, slicks = ctx.draft.finish()
     name = result_name(task.seq, MASK_EXTENSION)
     mask = paths.result(ResultKind.MASK, name)
-    stats: MaskStats = finish_mask(ctx.draft, mask, overview=overview,
-                                   large_px=max(1, settings.tile_px // 2),
-                                   part_path=paths.mask_partial(name))
+    write_cog(ctx.draft.path, mask, paths.mask_partial(name))
     if task.content_type != "image/tiff":  # a big picture keeps a PNG mask, as small ones do
         name, cog = result_name(task.seq, ".png"), mask
         mask = paths.result(ResultKind.MASK, name)
@@ -355,7 +399,7 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     render_quicklook(reader, mask, overlay, settings.overlay_max_px)
     spills = paths.spills(task.seq)
     figures = scene_spills(mask, _georef(ctx.info), ctx.info.width, ctx.info.height,
-                           task.filename, reader, ctx.stretch, spills, overlay)
+                           task.filename, reader, ctx.stretch, spills, overlay, slicks)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,

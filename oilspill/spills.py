@@ -35,11 +35,12 @@ CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
 
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
-                 grey: Reader, stretch: Stretch, out: Path, overlay: Path
-                 ) -> dict[str, Any]:
-    """Write a scene's slicks as GeoJSON at `out` and draw their outlines and ids on its
-    overlay; returns the figures for its summary."""
-    pixel_slicks = slick_polygons(mask)
+                 grey: Reader, stretch: Stretch, out: Path, overlay: Path,
+                 pixel_slicks: Sequence[PixelSlick] | None = None) -> dict[str, Any]:
+    """Write a scene's slicks (given, or traced from the mask) as GeoJSON at `out` and draw
+    their outlines and ids on its overlay; returns the figures for its summary."""
+    if pixel_slicks is None:
+        pixel_slicks = slick_polygons(mask)
     contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
     slicks = locate(pixel_slicks, georef, contrast_db=contrast)
     if slicks:  # drawn with the ids the GeoJSON gives them

@@ -20,6 +20,7 @@ from rasterio.windows import Window
 
 from oilspill.geo.scale import DB_MIN, DB_STEP, DbKind, Stretch, encode_tile, to_grey
 from oilspill.geo.scene import (
+    SAMPLE_PIXELS,
     EmptyScene,
     NoSuchBand,
     SceneError,
@@ -27,7 +28,10 @@ from oilspill.geo.scene import (
     Survey,
     UnreadableScene,
     inspect_scene,
+    overview_raw,
+    read_raw,
     read_window,
+    sample_step,
     survey_scene,
 )
 
@@ -377,3 +381,75 @@ def test_flat_scene_gets_a_usable_scale() -> None:
     stretch = Stretch.from_histogram(histogram, DbKind.AMPLITUDE)
     assert stretch.high_db - stretch.low_db == pytest.approx(1.0)
     assert stretch.sea_grey == 128
+
+
+# --- a survey of a large scene ---------------------------------------------------------
+
+def test_a_large_scenes_histogram_is_sampled_evenly() -> None:
+    assert sample_step(600, 400) == 1  # a scene up to twice SAMPLE_PIXELS: every pixel
+    assert sample_step(26_000, 17_000) == 5  # a Sentinel-1 scene: 17.7 M of its 442 M pixels
+    assert (26_000 // 5) * (17_000 // 5) >= SAMPLE_PIXELS
+    assert sample_step(10**6, 10**6) >= 200
+
+
+def test_sampled_percentiles_stay_within_a_tolerance_of_the_exact_ones(tmp_path: Path) -> None:
+    # Speckled sea with a wind gradient, dark slicks (the 1st percentile's pixels) and bright
+    # ships, in an S1-like border: taking every 4th row and column (1/16 of the pixels)
+    # moves the scale's percentiles by a few hundredths of a dB, extents and counts not at all.
+    rng = np.random.default_rng(7)
+    height, width = 1200, 1500
+    rows, cols = np.ogrid[:height, :width]
+    intensity = rng.gamma(4.4, 1 / 4.4, (height, width)) * 10 ** ((-3.0 * cols / width) / 10)
+    for centre in (300, 700, 1000):  # slicks damped 8 dB
+        intensity[np.abs(rows - cols * 0.5 - centre + 400) < 12] *= 10 ** -0.8
+    intensity[rng.random((height, width)) < 1e-4] *= 300  # ships
+    data = np.clip(np.sqrt(intensity) * 150, 1, 65535).astype(np.uint16)
+    data[:, :rng.integers(10, 60)] = 0
+    data[:4] = 0
+    path = write_scene(tmp_path / "large.tif", data)
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    exact = survey_scene(path, info, step=1)
+    sampled = survey_scene(path, info, step=4)
+    assert sampled.sample_step == 4 and exact.sample_step == 1
+    assert sampled.histogram.sum() < exact.histogram.sum() / 15
+    np.testing.assert_array_equal(sampled.row_first, exact.row_first)
+    np.testing.assert_array_equal(sampled.row_last, exact.row_last)
+    assert sampled.valid_pixels == exact.valid_pixels == int((data > 0).sum())
+    # The scale (1st and 99th percentiles) and the sea (the median): within 0.05 dB.
+    for pct in (1, 5, 50, 95, 99):
+        assert abs(sampled.percentile(pct) - exact.percentile(pct)) <= 0.05, pct
+    want, got = Stretch.from_survey(exact), Stretch.from_survey(sampled)
+    assert abs(got.low_db - want.low_db) <= 0.05 and abs(got.high_db - want.high_db) <= 0.05
+    assert got.sea_grey == want.sea_grey
+    # The summary's extremes lean on a few hundred samples: within one DN step (0.34 dB
+    # at their DN of about 25).
+    for pct in (0.1, 99.9):
+        assert abs(sampled.percentile(pct) - exact.percentile(pct)) <= 0.5, pct
+
+
+def test_extents_are_found_past_the_first_columns_looked_at(
+        border_scene: tuple[Path, Any, Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, first, last = border_scene
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    monkeypatch.setattr("oilspill.geo.scene.EDGE_PX", 3)  # borders are up to 40 wide
+    survey = survey_scene(path, info)
+    np.testing.assert_array_equal(survey.row_first, first)
+    np.testing.assert_array_equal(survey.row_last, last)
+
+
+def test_the_survey_keeps_the_overviews_pixels(border_scene: tuple[Path, Any, Any, Any],
+                                               tmp_path: Path) -> None:
+    path = border_scene[0]
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info, overview=(150, 100), strip_rows=7)
+    raw, valid = overview_raw(info, survey)
+    # What a decimated read of the whole scene gives (GDAL's nearest pixels), without it.
+    want, want_valid = read_raw(path, info, (0, 0, W, H), survey, (100, 150))
+    np.testing.assert_array_equal(raw, want)
+    np.testing.assert_array_equal(valid, want_valid)
+    survey.save(tmp_path / "survey.cache")
+    again = Survey.load(tmp_path / "survey.cache")
+    assert again.overview is not None and again.sample_step == survey.sample_step
+    np.testing.assert_array_equal(again.overview, survey.overview)
+    with pytest.raises(ValueError, match="no overview"):
+        overview_raw(info, survey_scene(path, info))

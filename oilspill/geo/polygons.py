@@ -7,11 +7,13 @@ pieces; pieces 8-connected across the boundary row touch there (along an edge, o
 corner), so they are joined by geometric intersection and unioned once the slick is complete.
 Memory depends on the block and on the vertices of the slicks still open, not on the scene.
 
-Simplification: Douglas-Peucker within simplify_px (topology kept, holes too) removes the
-stair steps of the pixel edges; GEOS then also drops a ring's start vertex where it can, which
-may leave a pixel corner up to 2 x simplify_px from the outline. A part that loses over
-MAX_AREA_CHANGE of its area that way (a slick one or two pixels wide, or a few pixels in all)
-keeps its pixel outline instead.
+Simplification: Douglas-Peucker removes the stair steps of the pixel edges, first from each
+piece within PRE_SIMPLIFY x simplify_px (before the union, which is then cheap: a 45 degree
+edge has a vertex per pixel), then from the joined outline within simplify_px, keeping
+topology and holes (where plain Douglas-Peucker would break a polygon or lose a ring, the
+topology-preserving simplifier is used). A pixel corner may end up to 2 x simplify_px from
+the outline. A part that loses over MAX_AREA_CHANGE of its area that way (a slick one or two
+pixels wide, or a few pixels in all) keeps its pixel outline instead.
 
 Places: vertices go to WGS84 lon/lat through the scene's affine transform and CRS, or through
 a thin-plate spline on its GCPs (exact at every GCP, which suits Sentinel-1's dense grid).
@@ -40,7 +42,7 @@ from rasterio.transform import Affine, AffineTransformer, GCPTransformer
 from rasterio.windows import Window
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry import MultiPolygon, Polygon
 
 from ..masks import OIL_LEVEL
 from . import GDAL_OPTIONS
@@ -51,7 +53,8 @@ Coords: TypeAlias = npt.NDArray[np.float64]
 LonLat: TypeAlias = Callable[[Coords, Coords], tuple[Coords, Coords]]
 
 MAX_AREA_CHANGE = 0.1  # see the module docstring
-RUN_GAP_PX = 64  # closer runs of oil columns are polygonised together: fewer GDAL calls
+PRE_SIMPLIFY = 0.75  # of simplify_px, for each piece: 45 degree stairs are 0.71 px off
+RUN_GAP_PX = 8  # closer runs of oil columns are polygonised as one (fewer, longer runs)
 _WGS84 = Geod(ellps="WGS84")
 
 
@@ -101,11 +104,9 @@ class Slick:
 def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
                    simplify_px: float = 1.0) -> list[PixelSlick]:
     """The slicks of a mask file (band 1, oil >= 128, nodata never oil), read by blocks."""
-    if block_rows < 1 or simplify_px < 0:
-        raise ValueError(f"need block_rows >= 1 and simplify_px >= 0, got {block_rows}, "
-                         f"{simplify_px}")
-    joiner = _Joiner()
-    done: list[tuple[Outline, int]] = []
+    if block_rows < 1:
+        raise ValueError(f"need block_rows >= 1, got {block_rows}")
+    tracer = SlickTracer(simplify_px)
     with rasterio.Env(**GDAL_OPTIONS), rasterio.open(mask_path) as src:
         if src.count != 1 or src.dtypes[0] != "uint8":
             raise BadMask(f"{mask_path.name}: {src.count} band(s) of {src.dtypes[0]}; "
@@ -118,34 +119,76 @@ def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
             if nodata is not None:
                 oil &= band != nodata
             del band
-            closed = joiner.add([_piece(g) for g in _outlines(oil, top)], top, top + rows)
-            done += [_finished(group, simplify_px) for group in closed]
-    done += [_finished(group, simplify_px) for group in joiner.groups]  # reached the end
-
-    def order(item: tuple[Outline, int]) -> tuple[int, float, float]:
-        centroid = item[0].centroid
-        return (-item[1], centroid.y, centroid.x)
-
-    done.sort(key=order)
-    return [PixelSlick(slick_id=number, polygon=outline, pixels=pixels)
-            for number, (outline, pixels) in enumerate(done, start=1)]
+            tracer.add(oil, top)
+    return tracer.finish()
 
 
-def _outlines(oil: npt.NDArray[np.bool_], top: int) -> list[Any]:
-    """GDAL's 8-connected polygons (GeoJSON-like) of a block's oil, in scene pixels."""
-    # GDAL scans every pixel it is given, and most are sea: it is given only runs of columns
-    # with oil, cropped to their rows. Oil apart by an empty column is never 8-connected.
+class SlickTracer:
+    """The slicks of a mask fed block of rows after block of rows, from the top.
+
+    Each block's oil is polygonised, its pieces joined to those above them that they touch,
+    and a slick is finished (unioned, simplified within simplify_px) as soon as none of its
+    pieces reaches the last row fed: memory depends on a block and the open slicks.
+    Blocking (GDAL's polygoniser holds the GIL for the block; GEOS releases it).
+    """
+
+    def __init__(self, simplify_px: float = 1.0) -> None:
+        if simplify_px < 0:
+            raise ValueError(f"need simplify_px >= 0, got {simplify_px}")
+        self._simplify_px = simplify_px
+        self._joiner = _Joiner()
+        self._done: list[tuple[Outline, int]] = []
+        self.bottom = 0  # the first row not fed yet
+
+    def add(self, oil: npt.NDArray[np.bool_], top: int) -> None:
+        """Take the next block: oil (bool, the mask's width) for rows top, top + 1, ..."""
+        if top != self.bottom:
+            raise ValueError(f"blocks must follow each other: row {self.bottom} expected, "
+                             f"got {top}")
+        bottom = top + oil.shape[0]
+        closed = self._joiner.add(_outlines(oil, top), top, bottom)
+        self._done += [_finished(group, self._simplify_px) for group in closed]
+        self.bottom = bottom
+
+    def finish(self) -> list[PixelSlick]:
+        """Every slick, numbered (see PixelSlick), once the last block is in."""
+        done = self._done + [_finished(group, self._simplify_px)
+                             for group in self._joiner.groups]  # those reaching the end
+
+        def order(item: tuple[Outline, int]) -> tuple[int, float, float]:
+            centroid = item[0].centroid
+            return (-item[1], centroid.y, centroid.x)
+
+        done.sort(key=order)
+        return [PixelSlick(slick_id=number, polygon=outline, pixels=pixels)
+                for number, (outline, pixels) in enumerate(done, start=1)]
+
+
+def _outlines(oil: npt.NDArray[np.bool_], top: int) -> list[tuple[Outline, int]]:
+    """The 8-connected pieces of a block's oil, in scene pixels: GDAL's polygons, as valid
+    outlines, with their pixel counts."""
+    # GDAL scans every pixel it is given, and most are sea: it is given only the runs of
+    # columns with oil, side by side with one empty column between them (oil apart by an
+    # empty column is never 8-connected), cropped to the rows with oil: one call per block.
     columns = np.flatnonzero(oil.any(axis=0))
+    if columns.size == 0:
+        return []
     breaks = np.flatnonzero(np.diff(columns) > RUN_GAP_PX)
+    firsts = np.concatenate([columns[:1], columns[breaks + 1]])
+    lasts = np.concatenate([columns[breaks], columns[-1:]])
+    widths = lasts - firsts + 1
+    starts = np.concatenate([[0], np.cumsum(widths + 1)[:-1]])  # of each run, side by side
+    rows = np.flatnonzero(oil[:, columns].any(axis=1))
+    packed = np.zeros((rows[-1] - rows[0] + 1, int(starts[-1] + widths[-1])), bool)
+    for first, start, width in zip(firsts, starts, widths, strict=True):
+        packed[:, start:start + width] = oil[rows[0]:rows[-1] + 1, first:first + width]
     found = []
-    for first, last in zip([*columns[:1], *columns[breaks + 1]], [*columns[breaks],
-                                                                  *columns[-1:]], strict=True):
-        rows = np.flatnonzero(oil[:, first:last + 1].any(axis=1))
-        run = np.ascontiguousarray(oil[rows[0]:rows[-1] + 1, first:last + 1])
-        # Identity but for the run's offset: coordinates are scene pixels.
-        found += [geometry for geometry, _ in shapes(
-            run.view(np.uint8), mask=run, connectivity=8,
-            transform=Affine.translation(int(first), top + int(rows[0])))]
+    for geometry, _ in shapes(packed.view(np.uint8), mask=packed, connectivity=8):
+        rings = [np.asarray(ring, np.float64) for ring in geometry["coordinates"]]
+        # Back from the packed columns to the scene's: the run the polygon is in.
+        run = int(np.searchsorted(starts, rings[0][0, 0], side="right")) - 1
+        shift = np.array([firsts[run] - starts[run], top + rows[0]], np.float64)
+        found.append(_piece([ring + shift for ring in rings]))
     return found
 
 
@@ -197,31 +240,62 @@ class _Joiner:
         return [group for number, group in enumerate(merged) if number not in renumber]
 
 
-def _piece(geometry: Any) -> tuple[Outline, int]:
-    """A GDAL polygon (GeoJSON-like) as a valid outline and its pixel count."""
-    polygon = shape(geometry)
+def _piece(rings: list[npt.NDArray[np.float64]]) -> tuple[Outline, int]:
+    """A GDAL polygon (its rings' vertices) as a valid outline and its pixel count."""
+    shell, *holes = (shapely.linearrings(ring) for ring in rings)
+    polygon = Polygon(shell, holes)
     # Pixel-edge rings: the signed-area sum is the pixel count exactly, even for GDAL's
     # 8-connected rings that touch themselves at a corner (invalid in shapely's eyes).
     pixels = round(polygon.area)
-    return (polygon if polygon.is_valid else _polygonal(shapely.make_valid(polygon))), pixels
+    if polygon.is_valid:
+        return polygon, pixels
+    # "structure" takes each ring as the boundary of an area (shells unioned, holes cut):
+    # what a pixel outline means, and far cheaper than rebuilding from its line work.
+    return _polygonal(shapely.make_valid(polygon, method="structure",
+                                         keep_collapsed=False)), pixels
 
 
 def _finished(group: _Group, tolerance: float) -> tuple[Outline, int]:
     """A complete slick's outline, simplified within tolerance (see the module docstring),
     and its pixel count."""
-    outline = _polygonal(shapely.unary_union(group.pieces))
     if tolerance == 0:
-        return outline, group.pixels
-    parts = []
-    for part in shapely.get_parts(outline):
-        thin = part.simplify(tolerance, preserve_topology=True)
-        parts.append(thin if abs(thin.area - part.area) <= MAX_AREA_CHANGE * part.area
-                     else part)
-    result = _polygonal(parts)
+        return _polygonal(shapely.union_all(group.pieces)), group.pixels
+    # The pieces lose their stair steps first: the union then works on a few vertices where
+    # the pixel outlines have thousands (a 45 degree edge has one per pixel).
+    pieces = _simplified(np.array(group.pieces, object), PRE_SIMPLIFY * tolerance)
+    outline = _polygonal(shapely.union_all(pieces))
+    result = _polygonal(list(_simplified(shapely.get_parts(outline), tolerance)))
     # Parts simplified one by one may now overlap where they touched: union them.
     if not result.is_valid:
         result = _polygonal(shapely.make_valid(result, method="structure"))
     return result, group.pixels
+
+
+def _simplified(polygons: npt.NDArray[np.object_],
+                tolerance: float) -> npt.NDArray[np.object_]:
+    """Each polygon simplified within tolerance by Douglas-Peucker; where that breaks it (not
+    valid, a ring lost, over MAX_AREA_CHANGE of its area gone), with its topology kept; where
+    that too loses the area, as it is."""
+    plain: npt.NDArray[np.object_] = shapely.simplify(polygons, tolerance,
+                                                      preserve_topology=False)
+    broken = ~_kept(polygons, plain)
+    if broken.any():
+        careful = shapely.simplify(polygons[broken], tolerance, preserve_topology=True)
+        plain[broken] = np.where(_kept(polygons[broken], careful, rings=False), careful,
+                                 polygons[broken])
+    return plain
+
+
+def _kept(before: npt.NDArray[np.object_], after: npt.NDArray[np.object_],
+          rings: bool = True) -> npt.NDArray[np.bool_]:
+    """Which simplified polygons are valid and keep their area (and rings)."""
+    area = shapely.area(before)
+    kept = (shapely.is_valid(after) & ~shapely.is_empty(after)
+            & (np.abs(shapely.area(after) - area) <= MAX_AREA_CHANGE * area))
+    if rings:  # a hole or a part that collapsed: clean water or oil lost
+        kept &= (shapely.get_num_geometries(shapely.boundary(after))
+                 == shapely.get_num_geometries(shapely.boundary(before)))
+    return np.asarray(kept, bool)
 
 
 def _polygonal(geometry: Any) -> Outline:

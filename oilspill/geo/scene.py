@@ -12,6 +12,7 @@ and blocks over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from ..names import plain_message
 from . import GDAL_OPTIONS, scale
 from .scale import DbKind
 
@@ -38,7 +40,10 @@ SCENE_DRIVERS = ("GTiff", "JP2OpenJPEG")  # tried in turn; never VRT & co, which
 MAX_BLOCK_BYTES = 64 * 2**20  # GDAL decodes a whole block even to read one pixel of it
 STRIP_BYTES = 32 * 2**20  # work arrays of one survey strip
 _WORK_BYTES_PER_PIXEL = 40  # raw, masks, float32 values, calibration LUT, dB, bin indices
-_SURVEY_FORMAT = 1
+_STRIP_BYTES_PER_PIXEL = 8  # raw and two masks, when the histogram's work is on a sample
+SAMPLE_PIXELS = 2**24  # pixels a survey's histogram takes at least (see sample_step)
+EDGE_PX = 512  # columns first looked at from each end of a row for its valid extent
+_SURVEY_FORMAT = 2
 # Reads never look at sidecar files (an uploaded .aux.xml or .ovr must not change a scene),
 # never write any, and never use overviews (their pixels are not the scene's).
 
@@ -168,8 +173,11 @@ class Survey:
 
     width: the scene's width. row_first, row_last: per row (int32, length height), the first
     and last column of its valid extent; first > last (0, -1) for a row with none.
-    valid_pixels: how many pixels are valid. db_kind: how values became dB. histogram:
-    counts of the valid pixels' dB in the fixed bins of scale.py (DB_BINS of DB_STEP).
+    valid_pixels: how many pixels are valid (exactly). db_kind: how values became dB.
+    histogram: counts of the valid pixels' dB in the fixed bins of scale.py (DB_BINS of
+    DB_STEP), over the pixels of every sample_step-th row and column (1: every pixel; see
+    sample_step()). overview: the raw values of the scene brought down (nearest, at
+    sample_positions) to the overview's shape, or None when the survey was not asked for it.
     """
 
     width: int
@@ -178,6 +186,8 @@ class Survey:
     valid_pixels: int
     db_kind: DbKind
     histogram: npt.NDArray[np.int64]
+    sample_step: int = 1
+    overview: npt.NDArray[Any] | None = None
 
     @property
     def height(self) -> int:
@@ -185,16 +195,27 @@ class Survey:
         return len(self.row_first)
 
     def percentile(self, pct: float) -> float:
-        """The pct-th percentile of the valid pixels in dB, to half a histogram bin."""
+        """The pct-th percentile of the valid pixels in dB, to half a histogram bin (of the
+        sampled pixels when sample_step > 1)."""
         return scale.histogram_percentile(self.histogram, pct)
 
     def valid_mask(self, window: WindowLike,
                    out_shape: tuple[int, int] | None = None) -> npt.NDArray[np.bool_]:
         """Which pixels of a window lie in the rows' valid extents (nodata not checked)."""
         col_off, row_off, width, height = _window_tuple(window, self.width, self.height)
-        rows_n, cols_n = out_shape or (height, width)
+        if out_shape is None or out_shape == (height, width):
+            if self.covers(col_off, row_off, width, height):
+                return np.ones((height, width), bool)  # most tiles: no comparison per pixel
+            out_shape = (height, width)
+        rows_n, cols_n = out_shape
         return self.valid_at(sample_positions(row_off, height, rows_n),
                              sample_positions(col_off, width, cols_n))
+
+    def covers(self, col_off: int, row_off: int, width: int, height: int) -> bool:
+        """True when every row of the window has the whole window in its valid extent."""
+        rows = slice(row_off, row_off + height)
+        return bool((self.row_first[rows] <= col_off).all()
+                    and (self.row_last[rows] >= col_off + width - 1).all())
 
     def valid_at(self, rows: npt.NDArray[np.intp],
                  cols: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
@@ -204,11 +225,15 @@ class Survey:
 
     def save(self, path: Path) -> None:
         """Write the survey as an .npz file (at path exactly, whatever its name)."""
+        arrays: dict[str, Any] = {
+            "format": np.array(_SURVEY_FORMAT), "bins": _bins(), "width": np.array(self.width),
+            "row_first": self.row_first, "row_last": self.row_last,
+            "valid_pixels": np.array(self.valid_pixels), "db_kind": np.array(self.db_kind.value),
+            "histogram": self.histogram, "sample_step": np.array(self.sample_step)}
+        if self.overview is not None:
+            arrays["overview"] = self.overview
         with path.open("wb") as out:  # a file object: np.savez would append ".npz" to a name
-            np.savez(out, format=np.array(_SURVEY_FORMAT), bins=_bins(), width=np.array(self.width),
-                     row_first=self.row_first, row_last=self.row_last,
-                     valid_pixels=np.array(self.valid_pixels),
-                     db_kind=np.array(self.db_kind.value), histogram=self.histogram)
+            np.savez(out, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> Survey:
@@ -221,12 +246,15 @@ class Survey:
                              row_last=data["row_last"].astype(np.int32),
                              valid_pixels=int(data["valid_pixels"]),
                              db_kind=DbKind(str(data["db_kind"])),
-                             histogram=data["histogram"].astype(np.int64))
+                             histogram=data["histogram"].astype(np.int64),
+                             sample_step=int(data["sample_step"]),
+                             overview=data["overview"] if "overview" in data else None)
             if (survey.row_last.shape != survey.row_first.shape
-                    or survey.histogram.shape != (scale.DB_BINS,)):
+                    or survey.histogram.shape != (scale.DB_BINS,) or survey.sample_step < 1
+                    or (survey.overview is not None and survey.overview.ndim != 2)):
                 raise ValueError("inconsistent arrays")
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise SceneError(f"the survey file is unusable: {exc}") from None
+            raise SceneError(f"the survey file is unusable: {plain_message(str(exc))}") from None
         return survey
 
 
@@ -265,57 +293,121 @@ def _usable(raw: npt.NDArray[Any], nodata: float | None) -> npt.NDArray[np.bool_
     return usable
 
 
+def sample_step(width: int, height: int) -> int:
+    """Every how many rows and columns a survey's histogram takes a pixel: 1 (every pixel)
+    for a scene of up to 2 x SAMPLE_PIXELS, else the largest step leaving SAMPLE_PIXELS."""
+    # A percentile scale needs no more: over 2**24 pixels spread evenly across the scene, the
+    # 1st and 99th percentiles are within a few hundredths of a dB of every pixel's.
+    return max(1, math.isqrt(width * height // SAMPLE_PIXELS))
+
+
 def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = None,
-                 strip_rows: int | None = None) -> Survey:
-    """One pass over the scene by strips of rows: its valid extents and dB histogram."""
+                 strip_rows: int | None = None, overview: tuple[int, int] | None = None,
+                 step: int | None = None) -> Survey:
+    """One pass over the scene by strips of rows: its valid extents, its dB histogram (of
+    every step-th row and column: sample_step() by default) and, given the overview's
+    (width, height), the raw values the overview is made of."""
+    step = sample_step(info.width, info.height) if step is None else step
     if strip_rows is None:
-        strip_rows = max(1, STRIP_BYTES // (_WORK_BYTES_PER_PIXEL * info.width))
+        per_pixel = _WORK_BYTES_PER_PIXEL if step == 1 else _STRIP_BYTES_PER_PIXEL
+        strip_rows = max(1, STRIP_BYTES // (per_pixel * info.width))
     first = np.zeros(info.height, np.int32)
     last = np.full(info.height, -1, np.int32)
     histogram = np.zeros(scale.DB_BINS, np.int64)
     as_db = np.zeros(scale.DB_BINS, np.int64)  # float32 only: the values taken as dB already
     negative_seen = False
+    valid_pixels = 0
     kind = scale.db_kind_for(info.dtype, calibration is not None, negative_seen=False)
-    columns = np.arange(info.width, dtype=np.int32)
     unsigned = {"uint8": 256, "uint16": 65536}.get(info.dtype)
     raw_counts = (np.zeros(unsigned, np.int64)
                   if unsigned is not None and calibration is None else None)
+    # Integer values without a nodata value are all usable: the extents alone say what is valid.
+    extents_only = info.dtype != "float32" and info.nodata is None
+    offset = step // 2  # the sampled rows and columns: offset, offset + step, ...
+    sample_cols = np.arange(offset, info.width, step)
+    picked: npt.NDArray[Any] | None = None
+    if overview is not None:
+        picked = np.zeros((overview[1], overview[0]), info.dtype)
+        overview_rows = sample_positions(0, info.height, overview[1])
+        overview_cols = sample_positions(0, info.width, overview[0])
     with _open(path, info.driver) as src:
         for top in range(0, info.height, strip_rows):
             rows = min(strip_rows, info.height - top)
             raw = _read(src, info, Window(0, top, info.width, rows), None)
-            usable = _usable(raw, info.nodata)
-            edge = usable & (raw != 0)  # the first and last of these bound the row's extent
-            has = edge.any(axis=1)
-            first[top:top + rows] = np.where(has, edge.argmax(axis=1), 0)
-            last[top:top + rows] = np.where(has, info.width - 1 - edge[:, ::-1].argmax(axis=1),
-                                            -1)
-            del edge
-            usable &= columns[None, :] >= first[top:top + rows, None]
-            usable &= columns[None, :] <= last[top:top + rows, None]
+            strip_first, strip_last = _row_extents(raw, info.nodata)
+            first[top:top + rows], last[top:top + rows] = strip_first, strip_last
+            if picked is not None:
+                wanted = (overview_rows >= top) & (overview_rows < top + rows)
+                picked[wanted] = raw[overview_rows[wanted] - top][:, overview_cols]
+            if extents_only:
+                valid_pixels += int(np.maximum(strip_last - strip_first + 1, 0).sum())
+            else:
+                columns = np.arange(info.width, dtype=np.int32)
+                inside = _usable(raw, info.nodata)
+                inside &= columns[None, :] >= strip_first[:, None]
+                inside &= columns[None, :] <= strip_last[:, None]
+                valid_pixels += int(np.count_nonzero(inside))
+                if info.dtype == "float32" and not negative_seen:
+                    negative_seen = bool((inside & (raw < 0)).any())
+                del inside
+            local = (offset - top) % step  # the strip's first sampled row
+            sample = raw[local::step, offset::step]
+            if sample.size == 0:
+                continue
+            usable = _usable(sample, info.nodata)
+            usable &= sample_cols[None, :] >= strip_first[local::step, None]
+            usable &= sample_cols[None, :] <= strip_last[local::step, None]
             if raw_counts is not None:
                 # Integer DN: count each raw value; the dB bins are filled once at the end.
-                raw_counts += np.bincount(raw[usable].ravel(), minlength=raw_counts.size)
+                raw_counts += np.bincount(sample[usable].ravel(), minlength=raw_counts.size)
                 continue
-            values = raw[usable].astype(np.float32)
-            del raw
+            values = sample[usable].astype(np.float32)
             if calibration is not None:
-                lut = calibration.sigma_nought((0, top, info.width, rows))[usable]
+                sample_rows = np.arange(top + local, top + rows, step)
+                lut = calibration.sigma_nought_at(sample_rows, sample_cols)[usable]
                 values = _sigma0(values, lut)
             histogram += scale.histogram_of(scale.to_db(values, kind))
             if info.dtype == "float32":
                 as_db += scale.histogram_of(scale.to_db(values, DbKind.DB))
-                negative_seen = negative_seen or bool((values < 0).any())
     if raw_counts is not None:
         raw_db = scale.to_db(np.arange(raw_counts.size, dtype=np.float32), kind)
         histogram = scale.histogram_of(raw_db, weights=raw_counts)
     if negative_seen:
         kind, histogram = DbKind.DB, as_db
-    valid_pixels = int(histogram.sum())
     if valid_pixels == 0:
         raise EmptyScene("the scene has no valid pixel: it is all border, nodata or NaN")
+    if not histogram.any():  # valid pixels, but none on the sampled grid: take them all
+        return survey_scene(path, info, calibration, strip_rows, overview, step=1)
     return Survey(width=info.width, row_first=first, row_last=last, valid_pixels=valid_pixels,
-                  db_kind=kind, histogram=histogram)
+                  db_kind=kind, histogram=histogram, sample_step=step, overview=picked)
+
+
+def _row_extents(raw: npt.NDArray[Any], nodata: float | None
+                 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """Each row's first and last pixel that is neither 0, nodata nor NaN; (0, -1) for a row
+    with none. Looks at EDGE_PX columns from each end first, then further only for the rows
+    that need it: the border is narrow, and the rest of the row is never compared."""
+    height, width = raw.shape
+    first = np.zeros(height, np.int32)
+    last = np.full(height, -1, np.int32)
+    todo = np.arange(height)
+    start, size = 0, EDGE_PX
+    while todo.size and start < width:
+        part = raw[todo, start:start + size]
+        edge = _usable(part, nodata) & (part != 0)
+        has = edge.any(axis=1)
+        first[todo[has]] = start + edge[has].argmax(axis=1)
+        todo, start, size = todo[~has], start + size, 2 * size
+    todo = np.setdiff1d(np.arange(height), todo, assume_unique=True)  # rows with an edge
+    end, size = width, EDGE_PX
+    while todo.size:  # every row here has an edge pixel, so this ends
+        begin = max(0, end - size)
+        part = raw[todo, begin:end]
+        edge = _usable(part, nodata) & (part != 0)
+        has = edge.any(axis=1)
+        last[todo[has]] = end - 1 - edge[has][:, ::-1].argmax(axis=1)
+        todo, end, size = todo[~has], begin, 2 * size
+    return first, last
 
 
 def _sigma0(dn: npt.NDArray[np.float32], lut: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -349,10 +441,39 @@ def read_raw(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
         raise ValueError(f"out_shape {out_shape} is empty")
     with _open(path, info.driver) as src:
         raw = _read(src, info, Window(col_off, row_off, width, height), (rows_n, cols_n))
-    rows = sample_positions(row_off, height, rows_n)
-    cols = sample_positions(col_off, width, cols_n)
-    valid = survey.valid_at(rows, cols) & _usable(raw, info.nodata)
-    return raw, valid
+    valid = survey.valid_mask((col_off, row_off, width, height), (rows_n, cols_n))
+    return raw, _and_usable(valid, raw, info.nodata)
+
+
+def overview_raw(info: SceneInfo, survey: Survey
+                 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+    """The overview's raw values that the survey kept (the whole scene, nearest to the
+    overview's shape, as read_raw would give them) and its valid mask."""
+    if survey.overview is None:
+        raise ValueError("the survey kept no overview")
+    raw = survey.overview
+    valid = survey.valid_mask((0, 0, info.width, info.height), raw.shape)
+    return raw, _and_usable(valid, raw, info.nodata)
+
+
+def _and_usable(valid: npt.NDArray[np.bool_], raw: npt.NDArray[Any],
+                nodata: float | None) -> npt.NDArray[np.bool_]:
+    """valid, less the pixels that are nodata or NaN (in place)."""
+    if raw.dtype.kind == "f" or nodata is not None:
+        valid &= _usable(raw, nodata)
+    return valid
+
+
+def to_values(raw: npt.NDArray[Any], info: SceneInfo, window: WindowLike,
+              calibration: Calibration | None = None) -> npt.NDArray[np.float32]:
+    """Raw values of a window (nearest to raw's shape) as float32, sigma0 if calibrated."""
+    values = raw.astype(np.float32)
+    if calibration is not None:
+        col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
+        rows = sample_positions(row_off, height, raw.shape[0])
+        cols = sample_positions(col_off, width, raw.shape[1])
+        values = _sigma0(values, calibration.sigma_nought_at(rows, cols))
+    return values
 
 
 def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
@@ -360,10 +481,4 @@ def read_window(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
                 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """A window's float32 values (sigma0 if calibrated; nearest to out_shape) and valid mask."""
     raw, valid = read_raw(path, info, window, survey, out_shape)
-    values = raw.astype(np.float32)
-    if calibration is not None:
-        col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
-        rows = sample_positions(row_off, height, raw.shape[0])
-        cols = sample_positions(col_off, width, raw.shape[1])
-        values = _sigma0(values, calibration.sigma_nought_at(rows, cols))
-    return values, valid
+    return to_values(raw, info, window, calibration), valid

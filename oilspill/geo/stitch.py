@@ -44,6 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..masks import OIL_LEVEL
+from ..names import plain_message
 from ..paths import partial_beside
 from . import GDAL_OPTIONS
 from .tiles import Tile
@@ -53,7 +54,7 @@ OIL = 255
 # Rows per strip when counting: ~8 bytes per pixel of a strip at once (labels are int32),
 # about 27 MiB on a Sentinel-1 scene's width.
 STRIP_ROWS = 128
-OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (_large_components)
+OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (large_components)
 _EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
 
 
@@ -148,10 +149,12 @@ def create_draft(draft: Path, width: int, height: int, georef: Georef | None) ->
                          for r, c, x, y, z in georef.gcps], crs)
 
 
-def write_core(draft: Path, width: int, height: int, tile: Tile, mask_png: Path,
-               valid: Callable[[Window], np.ndarray] | None) -> None:
-    """Write one tile's core into the draft (callers serialise writes to one draft)."""
-    core = _core(tile, mask_png, width, height, valid, None)
+def write_core(draft: Path, width: int, height: int, tile: Tile, mask_png: Path | np.ndarray,
+               valid: Callable[[Window], np.ndarray] | None,
+               large: np.ndarray | None = None) -> None:
+    """Write one tile's core into the draft (callers serialise writes to one draft); mask_png
+    is the tile's mask file or its decoded band; large, the overview's large slicks."""
+    core = tile_core(tile, mask_png, width, height, valid, large)
     with rasterio.Env(**GDAL_OPTIONS), rasterio.open(draft, "r+") as dst:
         dst.write(core, 1, window=tile.core_window)
 
@@ -166,14 +169,26 @@ def finish_mask(draft: Path, out_path: Path, *, overview: Path | None, large_px:
     try:
         with rasterio.Env(**GDAL_OPTIONS):
             if overview is not None:
-                _add_large(draft, _large_components(overview, *_size(draft), large_px))
+                _add_large(draft, large_components(overview, *_size(draft), large_px))
             stats = mask_stats(draft, strip_rows)
+        write_cog(draft, out_path, part)
+    finally:
+        part.unlink(missing_ok=True)
+    return stats
+
+
+def write_cog(draft: Path, out_path: Path, part_path: Path | None = None) -> None:
+    """Copy a finished draft to out_path as the mask's COG (written whole, then renamed)."""
+    part = part_path or partial_beside(out_path)
+    try:
+        with rasterio.Env(**GDAL_OPTIONS):
+            # NUM_THREADS and a lower LEVEL were measured: neither shortens it (the overviews
+            # and the reading take as long as the deflating), and threads cost CPU.
             rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
                                  OVERVIEW_RESAMPLING="NEAREST")
         os.replace(part, out_path)
     finally:
         part.unlink(missing_ok=True)
-    return stats
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -189,7 +204,7 @@ def _add_large(draft: Path, large: np.ndarray, strip_rows: int = 512) -> None:
         width, height = dst.width, dst.height
         for top in range(0, height, strip_rows):
             window = Window(0, top, width, min(strip_rows, height - top))
-            add = _upsample(large, window, width, height)
+            add = upsample(large, window, width, height)
             if not add.any():
                 continue
             band = dst.read(1, window=window)
@@ -197,20 +212,29 @@ def _add_large(draft: Path, large: np.ndarray, strip_rows: int = 512) -> None:
             dst.write(band, 1, window=window)
 
 
-def _core(tile: Tile, mask_png: Path, width: int, height: int,
-          valid: Callable[[Window], np.ndarray] | None,
-          large: np.ndarray | None) -> np.ndarray:
-    """The stitched mask's pixels in one tile's core window: 0, OIL or NODATA."""
+def tile_core(tile: Tile, mask_png: Path | np.ndarray, width: int, height: int,
+              valid: Callable[[Window], np.ndarray] | None,
+              large: np.ndarray | None) -> np.ndarray:
+    """The stitched mask's pixels in one tile's core window: 0, OIL or NODATA; mask_png is
+    the tile's mask file, or its band already decoded."""
     if not (0 <= tile.col <= tile.core_col and 0 <= tile.row <= tile.core_row
             and tile.core_col + tile.core_width <= min(tile.col + tile.width, width)
             and tile.core_row + tile.core_height <= min(tile.row + tile.height, height)):
         raise ValueError(f"tile {tile.index}: core window not inside its read window and the "
                          f"{width}x{height} scene")
-    band = _read_mask(mask_png, (tile.height, tile.width), tile.core_in_tile)
+    if isinstance(mask_png, np.ndarray):
+        if mask_png.shape != (tile.height, tile.width) or mask_png.dtype != np.uint8:
+            raise BadMask(f"tile {tile.index}: a {mask_png.dtype} mask of {mask_png.shape}; "
+                          f"expected uint8 of {(tile.height, tile.width)}")
+        window = tile.core_in_tile
+        band = mask_png[window.row_off:window.row_off + window.height,
+                        window.col_off:window.col_off + window.width]
+    else:
+        band = _read_mask(mask_png, (tile.height, tile.width), tile.core_in_tile)
     oil = band >= OIL_LEVEL
     window = tile.core_window
     if large is not None:
-        oil |= _upsample(large, window, width, height)
+        oil |= upsample(large, window, width, height)
     core = np.where(oil, np.uint8(OIL), np.uint8(0))
     if valid is not None:
         inside = np.asarray(valid(window), bool)
@@ -232,12 +256,15 @@ def _read_mask(path: Path, shape: tuple[int, int] | None,
                               + (f" of {shape[1]}x{shape[0]}" if shape else ""))
             return np.asarray(src.read(1, window=window), np.uint8)
     except RasterioIOError as exc:
-        raise BadMask(f"{path.name}: {exc}") from None
+        # GDAL's text names the file by its full path: users get it without.
+        raise BadMask(f"{path.name}: {plain_message(str(exc))}") from None
 
 
-def _large_components(overview: Path, width: int, height: int, large_px: int) -> np.ndarray:
+def large_components(overview: Path, width: int, height: int, large_px: int) -> np.ndarray:
     """The overview's oil (bool, overview size) in components spanning >= large_px of scene."""
     # An overview is one tile's size at most: whole-array work is fine here.
+    if large_px < 1:
+        raise ValueError("an overview mask needs large_px >= 1")
     oil = _read_mask(overview, None) >= OIL_LEVEL
     labels, count = ndimage.label(oil, structure=_EIGHT)
     scale_y, scale_x = height / oil.shape[0], width / oil.shape[1]
@@ -254,7 +281,20 @@ def _large_components(overview: Path, width: int, height: int, large_px: int) ->
                                              iterations=OVERVIEW_ERODE_PX, border_value=1))
 
 
-def _upsample(small: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
+def add_large(dst: Any, large: np.ndarray, windows: Sequence[Window]) -> None:
+    """OR the overview's large slicks into the valid pixels of these windows of a draft
+    open for update (a rasterio dataset)."""
+    if not large.any():
+        return
+    for window in windows:
+        add = upsample(large, window, dst.width, dst.height)
+        if add.any():
+            band = dst.read(1, window=window)
+            band[add & (band != NODATA)] = OIL
+            dst.write(band, 1, window=window)
+
+
+def upsample(small: np.ndarray, window: Window, width: int, height: int) -> np.ndarray:
     """A window of `small` (bool) stretched (nearest) to width x height."""
     small_h, small_w = small.shape
     # The small pixel whose footprint holds each scene pixel's centre.

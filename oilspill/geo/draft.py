@@ -1,0 +1,183 @@
+"""A scene's stitched mask while its tiles arrive, counted and traced as its rows become final.
+
+The draft (stitch.create_draft) takes each tile's core as soon as the tile is done. The mask's
+rows come in bands, one per row of tiles (their cores' rows); a band is final once every tile
+of it is written and, for a scene with an overview, the overview's large slicks are in (they
+are ORed into the cores written before the overview came, and into every core after it). A
+final band is counted (valid and oil pixels) and its slicks traced (polygons.SlickTracer) at
+once, in order from the top, by the thread that made it final: when the last tile comes,
+only its band is left, and the stitch is little more than the COG's copy.
+
+Thread-safe: tiles are written from the worker's threads at once. Memory depends on one
+tile, one block of TRACE_ROWS rows and the slicks still open, never on the scene.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.windows import Window
+
+from ..masks import OIL_LEVEL
+from . import GDAL_OPTIONS
+from .polygons import PixelSlick, SlickTracer
+from .stitch import NODATA, OIL, MaskStats, add_large, large_components, tile_core, upsample
+from .tiles import Tile
+
+TRACE_ROWS = 256  # rows read and polygonised at once: GDAL's polygoniser holds the GIL
+# for a block, so a block stays short enough not to stall the event loop.
+
+
+class Draft:
+    """The stitched mask of one scene being built; see the module docstring.
+
+    path: the draft file, already created. tiles: the scene's tile grid, whose cores
+    partition it. valid(window): the scene's valid area. overview: whether the scene has an
+    overview unit, whose large slicks (large_px and over, see stitch.py) must be in before
+    any row is final.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, tiles: Sequence[Tile],
+                 valid: Callable[[Window], np.ndarray], *, overview: bool,
+                 large_px: int) -> None:
+        self.path, self.width, self.height = path, width, height
+        self._valid = valid
+        self._large_px = large_px
+        self._large: npt.NDArray[np.bool_] | None = None
+        self._awaiting_overview = overview
+        self._lock = threading.Lock()  # the file and the fields below
+        self._tracing = threading.Lock()  # one thread traces, band after band
+        self._tiles = {tile.index: tile for tile in tiles}
+        self.written: set[int] = set()  # tiles whose cores are in
+        # Bands by their first row: (rows, tiles not yet written).
+        self._bands: dict[int, tuple[int, set[int]]] = {}
+        for tile in tiles:
+            rows, waiting = self._bands.setdefault(tile.core_row, (tile.core_height, set()))
+            if rows != tile.core_height:
+                raise ValueError(f"tile {tile.index}: its core is not in a band of rows")
+            waiting.add(tile.index)
+        self._tracer = SlickTracer()
+        self._traced_to = 0  # rows above this are counted and traced
+        self._stale = False  # a traced row was written again: trace afresh at the end
+        self._valid_pixels = self._oil_pixels = 0
+        self._dataset: Any = None  # the draft, open for update while tiles come
+
+    def _open(self) -> Any:
+        """The draft open for update (the caller holds _lock): one handle for every read and
+        write, so that reads see the blocks still in GDAL's cache."""
+        if self._dataset is None:
+            with rasterio.Env(**GDAL_OPTIONS):
+                self._dataset = rasterio.open(self.path, "r+")
+        return self._dataset
+
+    def close(self) -> None:
+        """Flush and close the draft (reopened if written again)."""
+        with self._lock:
+            if self._dataset is not None:
+                with rasterio.Env(**GDAL_OPTIONS):
+                    self._dataset.close()
+                self._dataset = None
+
+    def write(self, tile: Tile, mask: Path | np.ndarray) -> None:
+        """Put a done tile's core (from its mask file or decoded band) into the draft, then
+        count and trace whatever rows that made final."""
+        # A tile of another grid (a restart with other tile settings) is written all the
+        # same, but bands are then traced afresh at the end.
+        foreign = self._tiles.get(tile.index) != tile
+        large = self._large
+        core = tile_core(tile, mask, self.width, self.height, self._valid, large)
+        with self._lock:
+            if self._large is not None and large is None:  # the overview came meanwhile
+                core[upsample(self._large, tile.core_window, self.width, self.height)
+                     & (core != NODATA)] = OIL
+            with rasterio.Env(**GDAL_OPTIONS):
+                self._open().write(core, 1, window=tile.core_window)
+            self.written.add(tile.index)
+            band = self._bands.get(tile.core_row)
+            if foreign or band is None:  # band None: traced or being traced, written again
+                self._stale = True
+            else:
+                band[1].discard(tile.index)
+        self.trace_final()
+
+    def add_overview(self, mask_png: Path) -> None:
+        """Take the overview's mask: its large slicks go into the cores already written and
+        every core written after; then count and trace what became final."""
+        large = large_components(mask_png, self.width, self.height, self._large_px)
+        with self._lock:
+            if self._large is None:
+                with rasterio.Env(**GDAL_OPTIONS):
+                    add_large(self._open(), large,
+                              [self._tiles[i].core_window for i in self.written])
+                self._large = large
+                self._awaiting_overview = False
+        self.trace_final()
+
+    @property
+    def awaiting_overview(self) -> bool:
+        """True while the scene's overview is expected and not added."""
+        return self._awaiting_overview
+
+    def trace_final(self) -> None:
+        """Count and trace the final bands not yet traced, in order (unless another thread
+        is at it: it takes the new ones too before it stops)."""
+        while self._tracing.acquire(blocking=False):
+            try:
+                while (band := self._next_final()) is not None:
+                    self._trace(*band)
+            finally:
+                self._tracing.release()
+            if self._next_final(peek=True) is None:
+                return
+
+    def finish(self) -> tuple[MaskStats, list[PixelSlick]]:
+        """The mask's statistics and slicks, once the caller has written every tile and
+        added the overview if there is one: only the rows not traced yet are read. The draft
+        is then closed, whole on disk."""
+        with self._tracing:
+            with self._lock:
+                self._awaiting_overview = False  # none came: the scene has none
+                if self._stale:
+                    self._tracer, self._traced_to = SlickTracer(), 0
+                    self._valid_pixels = self._oil_pixels = 0
+                    self._stale = False
+            self._trace(self._traced_to, self.height - self._traced_to)
+        self.close()
+        slicks = self._tracer.finish()
+        valid, oil = self._valid_pixels, self._oil_pixels
+        return MaskStats(width=self.width, height=self.height, valid_pixels=valid,
+                         oil_pixels=oil, oil_fraction=oil / valid if valid else 0.0,
+                         slick_count=len(slicks),
+                         largest_slick_px=max((s.pixels for s in slicks), default=0)), slicks
+
+    def _next_final(self, peek: bool = False) -> tuple[int, int] | None:
+        """(first row, rows) of the next band to trace if it is final."""
+        with self._lock:
+            band = self._bands.get(self._traced_to)
+            if band is None or band[1] or self._awaiting_overview:
+                return None
+            if not peek:
+                self._bands.pop(self._traced_to)
+            return self._traced_to, band[0]
+
+    def _trace(self, top: int, rows: int) -> None:
+        """Count and trace rows top .. top + rows - 1 (the caller holds _tracing)."""
+        for start in range(top, top + rows, TRACE_ROWS):
+            window = Window(0, start, self.width, min(TRACE_ROWS, top + rows - start))
+            with self._lock, rasterio.Env(**GDAL_OPTIONS):
+                band = self._open().read(1, window=window)
+            inside = band != NODATA
+            oil = band >= OIL_LEVEL
+            oil &= inside
+            self._valid_pixels += int(np.count_nonzero(inside))
+            self._oil_pixels += int(np.count_nonzero(oil))
+            del band, inside
+            self._tracer.add(oil, start)
+        with self._lock:
+            self._traced_to = top + rows
