@@ -133,7 +133,9 @@ def read_answer(data: bytes | Path, width: int, height: int,
                     return Answer(ResultKind.MASK, ".png", 0, 0, 0)
                 # Labelled as uint8: the same components, a third faster than as bool.
                 labels, count = ndimage.label(oil.view(np.uint8), structure=_EIGHT_NEIGHBOURS)
-                largest = int(np.bincount(labels.ravel())[1:].max())
+                # Counted over the oil pixels only (every label there is >= 1): a fraction
+                # of the image, and the same sizes.
+                largest = int(np.bincount(labels[oil])[1:].max())
                 return Answer(ResultKind.MASK, ".png", oil_pixels, int(count), largest)
             pixels = image.size[0] * image.size[1]
             if limit is not None and pixels > limit:
