@@ -57,7 +57,8 @@ class MLTimeout(MLUnavailable):
     """The service took longer than OILSPILL_ML_TIMEOUT_S to answer."""
 
 
-def _error_kind(exc: MLError) -> str:
+def error_kind(exc: MLError) -> str:
+    """The `kind` label of oilspill_ml_errors for an ML error."""
     if isinstance(exc, MLUnreachable):
         return "unreachable"
     if isinstance(exc, MLTimeout):
@@ -123,7 +124,7 @@ class MLClient:
         try:
             return await self._segment(image, filename, content_type, spill_to)
         except MLError as exc:
-            self._metrics.ml_errors.labels(_error_kind(exc)).inc()
+            self._metrics.ml_errors.labels(error_kind(exc)).inc()
             raise
         finally:
             self._metrics.ml_call_seconds.observe(time.monotonic() - started)

@@ -55,6 +55,7 @@ from .ml_client import (
     MLTimeout,
     MLUnavailable,
     MLUnreachable,
+    error_kind,
     parse_retry_after,
 )
 from .names import plain_message
@@ -414,7 +415,7 @@ class OipClient:
             answer, headers = await self._post(request)
             pngs = await asyncio.to_thread(_decode, spec, request, answer, headers)
         except MLError as exc:
-            self._metrics.ml_errors.labels(_error_kind(exc)).inc()
+            self._metrics.ml_errors.labels(error_kind(exc)).inc()
             raise
         finally:
             self._metrics.ml_call_seconds.observe(time.monotonic() - started)
@@ -485,13 +486,3 @@ def _error_text(body: bytes) -> str:
             error = error.get("message", error)
         return str(error)[:500]
     return text[:500]
-
-
-def _error_kind(exc: MLError) -> str:
-    if isinstance(exc, MLUnreachable):
-        return "unreachable"
-    if isinstance(exc, MLTimeout):
-        return "timeout"
-    if isinstance(exc, MLUnavailable):
-        return "unavailable"
-    return "rejected"
