@@ -333,6 +333,25 @@ def detect_array(values: np.ndarray, options: DetectorOptions) -> np.ndarray:
     return np.asarray(mask)
 
 
+class MixedSizes(ValueError):
+    """The pictures of one batch are not all of one size."""
+
+
+def detect_batch(tiles: np.ndarray | list[bytes], options: DetectorOptions) -> np.ndarray:
+    """The masks [N, H, W] (0 sea, 255 oil) of a batch: pixels [N, H, W], or encoded
+    pictures of one size; one detector run each. Raises NotAnImage or MixedSizes."""
+    if isinstance(tiles, np.ndarray):
+        values = [tile.astype(np.float32) for tile in tiles]
+    else:
+        values = [to_array(decode(data)) for data in tiles]
+        sizes = sorted({(v.shape[1], v.shape[0]) for v in values})
+        if len(sizes) > 1:
+            raise MixedSizes(f"the pictures of one request share one size, not {sizes} "
+                             "(width, height): send the others in their own requests")
+    return np.stack([detect_array(v, options).astype(np.uint8) * np.uint8(255)
+                     for v in values])
+
+
 def detect(image: Image.Image, options: DetectorOptions) -> Image.Image:
     """The contract's mask of an image: mode L, 0 = sea, 255 = oil, same size."""
     mask = detect_array(to_array(image), options)

@@ -27,7 +27,7 @@ from mlserver.codecs import Base64Codec, NumpyCodec
 from mlserver.errors import InferenceError
 from mlserver.types import Datatype, InferenceRequest, InferenceResponse, RequestInput
 
-from .detector import DetectorOptions, NotAnImage, decode, detect_array, to_array
+from .detector import DetectorOptions, detect_batch
 
 INPUT = "image"
 OUTPUT = "mask"
@@ -79,18 +79,10 @@ def _pictures(request_input: RequestInput) -> list[bytes]:
 
 
 def _masks(tiles: np.ndarray | list[bytes], options: DetectorOptions) -> np.ndarray:
-    if isinstance(tiles, np.ndarray):
-        values = [tile.astype(np.float32) for tile in tiles]
-    else:
-        try:
-            values = [to_array(decode(data)) for data in tiles]
-        except NotAnImage as exc:
-            raise InferenceError(str(exc)) from None
-        if len({v.shape for v in values}) > 1:
-            raise InferenceError("the pictures of one request share one size: send the "
-                                 "others in their own requests")
-    return np.stack([detect_array(v, options).astype(np.uint8) * np.uint8(255)
-                     for v in values])
+    try:
+        return detect_batch(tiles, options)
+    except ValueError as exc:  # not an image, or pictures of several sizes
+        raise InferenceError(str(exc)) from None
 
 
 # mlserver ships no type information (no py.typed), so to mypy MLModel is Any.

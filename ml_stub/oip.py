@@ -41,7 +41,7 @@ from aiohttp import web
 from PIL import Image
 
 from .app import OPTIONS, StubOptions, injected_failure, ready_mask
-from .detector import NotAnImage, decode, detect_array, to_array
+from .detector import detect_batch
 
 MODEL_NAME = "oilspill-detector"
 MODEL_VERSION = "1"
@@ -273,16 +273,10 @@ def masks(tiles: np.ndarray | list[bytes], options: StubOptions) -> np.ndarray:
             sizes = [_picture_size(data) for data in tiles]
             _one_size(sizes)
         return np.stack([_ready_array(*size) for size in sizes])
-    if isinstance(tiles, np.ndarray):
-        values = [tile.astype(np.float32) for tile in tiles]
-    else:
-        try:
-            values = [to_array(decode(data)) for data in tiles]
-        except NotAnImage as exc:
-            raise BadRequest(str(exc)) from None
-        _one_size([(v.shape[1], v.shape[0]) for v in values])
-    return np.stack([detect_array(v, options.detector).astype(np.uint8) * np.uint8(255)
-                     for v in values])
+    try:
+        return detect_batch(tiles, options.detector)
+    except ValueError as exc:  # not an image, or pictures of several sizes
+        raise BadRequest(str(exc)) from None
 
 
 def encode_answer(found: np.ndarray, request: InferRequest) -> tuple[bytes, dict[str, str]]:

@@ -57,6 +57,20 @@ async def wait_finished(client: TestClient, job_id: str, timeout_s: float = 30.0
     return await poll(finished, f"job {job_id} to finish", timeout_s, 0.02)
 
 
+async def tasks_of(client: TestClient, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """An upload's tasks (as GET /api/task/{id} answers) by file name."""
+    tasks = [await (await client.get(f"/api/task/{i}")).json() for i in body["task_ids"]]
+    return {t["filename"]: t for t in tasks}
+
+
+async def archive_of(client: TestClient, job_id: str) -> zipfile.ZipFile:
+    """A finished job's result zip, built and downloaded."""
+    resp = await client.get(f"/api/archive/{job_id}")
+    assert resp.status == 200, await resp.text()
+    url = (await resp.json())["archive_url"]
+    return zipfile.ZipFile(io.BytesIO(await (await client.get(url)).read()))
+
+
 StubFactory = Callable[..., Awaitable[str]]
 
 

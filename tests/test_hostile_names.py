@@ -10,8 +10,6 @@ import json
 import logging
 import sys
 import unicodedata
-import zipfile
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -20,25 +18,13 @@ import pytest
 from oilspill.logs import JsonFormatter, PlainFormatter
 from oilspill.names import fold_key, header_filename, plain_message, portable_parts
 
-from .conftest import scene_png, upload, wait_finished, zip_bytes
+from .conftest import archive_of, scene_png, tasks_of, upload, wait_finished, zip_bytes
 from .procs import free_port, server_process, wait_http
 
 WINDOWS_FORBIDDEN = set('<>:"|?*\\') | {chr(c) for c in range(32)}
 DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
            *(f"LPT{n}" for n in range(1, 10))}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-async def tasks_of(client, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    tasks = [await (await client.get(f"/api/task/{i}")).json() for i in body["task_ids"]]
-    return {t["filename"]: t for t in tasks}
-
-
-async def archive_of(client, job_id: str) -> zipfile.ZipFile:
-    resp = await client.get(f"/api/archive/{job_id}")
-    assert resp.status == 200, await resp.text()
-    url = (await resp.json())["archive_url"]
-    return zipfile.ZipFile(io.BytesIO(await (await client.get(url)).read()))
 
 
 # --- the ML call -------------------------------------------------------------------------

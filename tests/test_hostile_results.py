@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from oilspill.results import ResultArchives
 from oilspill.store import Store
 from oilspill.web.app import create_app
 
-from .conftest import scene_png, upload, wait_finished, zip_bytes
+from .conftest import archive_of, scene_png, tasks_of, upload, wait_finished, zip_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERLAY_PX = 64
@@ -114,18 +113,6 @@ async def ready_client(aiohttp_client, start_stub, settings):
     app = create_app(settings.with_changes(ml_service_url=ml, overlay_max_px=OVERLAY_PX,
                                            max_upload_bytes=64 * 1024 * 1024))
     return await aiohttp_client(app)
-
-
-async def tasks_of(client, body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    tasks = [await (await client.get(f"/api/task/{i}")).json() for i in body["task_ids"]]
-    return {t["filename"]: t for t in tasks}
-
-
-async def archive_of(client, job_id: str) -> zipfile.ZipFile:
-    resp = await client.get(f"/api/archive/{job_id}")
-    assert resp.status == 200, await resp.text()
-    url = (await resp.json())["archive_url"]
-    return zipfile.ZipFile(io.BytesIO(await (await client.get(url)).read()))
 
 
 def tinted(rgb: np.ndarray) -> np.ndarray:

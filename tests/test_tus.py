@@ -32,7 +32,7 @@ from oilspill.web import keys
 from oilspill.web.app import create_app
 
 from .conftest import form, scene_png, wait_finished
-from .procs import Api, poll
+from .procs import Api, Link, poll
 
 MIB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -62,84 +62,6 @@ def metadata(filename: str) -> str:
     return f"filename {base64.b64encode(filename.encode()).decode()}"
 
 
-class FlakyLink:
-    """A TCP proxy to a server on loopback that breaks like a bad link: it cuts each
-    connection once `cut_after` bytes have gone from the client to the server, or stops
-    forwarding after `stall_after` bytes (a stalled link, until the server goes away)."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.cut_after: int | None = None
-        self.stall_after: int | None = None
-        self.cuts = 0
-        self.forwarded = 0
-        self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    async def close(self) -> None:
-        assert self._server
-        self._server.close()
-        for task in self._handlers:
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
-                     ) -> None:
-        task = asyncio.current_task()
-        assert task
-        self._handlers.add(task)
-        try:
-            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:
-            client_w.transport.abort()
-            return
-        cut = False
-
-        async def upstream() -> None:
-            nonlocal cut
-            sent = 0
-            while data := await client_r.read(64 * 1024):
-                limit = self.cut_after if self.cut_after is not None else self.stall_after
-                if limit is not None and sent + len(data) >= limit:
-                    server_w.write(data[:limit - sent])
-                    await server_w.drain()
-                    self.forwarded += limit - sent
-                    if self.cut_after is not None:
-                        self.cuts += 1
-                        cut = True
-                        return
-                    await asyncio.Event().wait()  # stalled until the server goes away
-                server_w.write(data)
-                await server_w.drain()
-                sent += len(data)
-                self.forwarded += len(data)
-
-        async def downstream() -> None:
-            while data := await server_r.read(64 * 1024):
-                client_w.write(data)
-                await client_w.drain()
-
-        pumps = [asyncio.ensure_future(upstream()), asyncio.ensure_future(downstream())]
-        try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            cut = True
-        finally:
-            for pump in pumps:
-                pump.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for writer in (client_w, server_w):
-                if cut:
-                    writer.transport.abort()  # a reset, as a dropped link gives
-                else:
-                    writer.close()
-            self._handlers.discard(task)
-
-
 def tus_upload(url: str, path: Path, **options: Any) -> tuple[str, str | None]:
     """Upload `path` with tuspy (blocking: run it in a thread); returns the upload's URL and
     the job id of the final answer."""
@@ -166,9 +88,9 @@ async def test_tuspy_uploads_40_mb_through_a_link_cut_every_5_mb(aiohttp_server,
     server = await aiohttp_server(create_app(Settings(
         data_dir=data_dir, ml_service_url=ml_url, max_upload_bytes=64 * MIB,
         min_free_bytes=MIB, ml_retry_base_s=0.05)))
-    link = FlakyLink(server.port)
+    link = Link(server.port)
     base = await link.start()
-    link.cut_after = 5 * MIB
+    link.cut_up_after = 5 * MIB
     try:
         # tuspy retries by asking HEAD for the offset and sending the rest from there; a
         # retry that finds the previous PATCH still settling gets 409 and retries again.
@@ -199,9 +121,9 @@ async def test_a_server_killed_mid_upload_resumes_where_its_disk_says(stack_fact
     picture.write_bytes(random_png(2000, 2000, seed=7, channels=3))  # 12 MB, one tile
     h = await stack_factory(["--mode", "ready"], OILSPILL_TILE_PX="2048",
                             OILSPILL_MIN_FREE_BYTES="1M")
-    link = FlakyLink(h.port)
+    link = Link(h.port)
     base = await link.start()
-    link.stall_after = 6 * MIB
+    link.hold_up(6 * MIB)
     storage = FileStorage(str(tmp_path / "tus-urls.json"))
     try:
         first = asyncio.ensure_future(asyncio.to_thread(
@@ -217,7 +139,7 @@ async def test_a_server_killed_mid_upload_resumes_where_its_disk_says(stack_fact
         with pytest.raises((TusUploadFailed, TusCommunicationError)):
             await first
         await h.start_server()
-        link.stall_after = None
+        link.release()
 
         def resume() -> tuple[int, str, str | None]:
             uploader = TusClient(f"{base}/api/uploads/").uploader(
@@ -232,7 +154,7 @@ async def test_a_server_killed_mid_upload_resumes_where_its_disk_says(stack_fact
         storage.close()
         await link.close()
     # Every byte a write() had accepted survived kill -9; none past what was sent.
-    assert on_disk <= resumed_at <= link.forwarded
+    assert on_disk <= resumed_at <= link.up_bytes
     assert job_id is not None
     async with aiohttp.ClientSession() as session:
         api = Api(session, h.base)
