@@ -13,6 +13,13 @@ one run, each measure repeated (the table gives the median and the range):
 2. one lost: the same job, one of the three stubs killed (SIGKILL) once a third of it is
    done: failed tasks (target 0) and the wall time against the undisturbed run's (target
    <= 1.6 x; with two endpoints left for two thirds of the job, 1.33 x is the floor).
+Where the machine has two cores or more, the ML tier is given cores of its own, as it has
+on other machines in a deployment: the stubs (and this process while it only watches a job)
+run on every core but the first, the side under test (oilspill's server, or this process
+while it is the bare client) on the first. Without that, five processes and the server's
+threads share two cores, and what is measured is mostly the kernel's scheduling of them
+(`--shared` measures it so, for comparison).
+
 3. CPU: the server process's CPU seconds (upload, unpacking, calls, masks, commits: all of
    it) divided by the images, over OIP v2 with binary tensors (`/v2/models/
    oilspill-detector` on the same stubs, batches of up to OILSPILL_ML_BATCH) against
@@ -30,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import io
 import json
 import os
@@ -64,11 +73,40 @@ STUBS = 3
 SIZE = 256
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of process `pid` (0: this one) on `cpus` (None: leave it)."""
+    if cpus is None:
+        return
+    tasks = Path(f"/proc/{pid or os.getpid()}/task")
+    for tid in os.listdir(tasks):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
+
+
+class Layout:
+    """Which cores the side under test and the ML tier run on: apart when there are two
+    or more (and `shared` is not asked for)."""
+
+    def __init__(self, shared: bool) -> None:
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        apart = not shared and len(cpus) >= 2
+        self.backend: set[int] | None = {cpus[0]} if apart else None
+        self.ml: set[int] | None = set(cpus[1:]) if apart else None
+
+    def describe(self) -> str:
+        if self.backend is None or self.ml is None:
+            return "all processes on all cores"
+        return (f"backend on core {min(self.backend)}, ML stubs and the watching client on "
+                f"cores {','.join(map(str, sorted(self.ml)))}")
+
+
+
 class Stubs:
     """The three stub processes, each restartable on its port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, layout: Layout) -> None:
         self.workdir = workdir
+        self.layout = layout
         self.ports = [free_port() for _ in range(STUBS)]
         self.procs: list[Process | None] = [None] * STUBS
 
@@ -81,6 +119,8 @@ class Stubs:
         self.procs[n] = proc
         await proc.start()
         await wait_http(f"{self.url(n)}/health", proc)
+        assert proc.proc is not None
+        pin(proc.proc.pid, self.layout.ml)
 
     async def kill(self, n: int) -> None:
         proc = self.procs[n]
@@ -94,7 +134,7 @@ class Stubs:
                 await proc.kill()
 
 
-async def oilspill_run(workdir: Path, ml_url: str, data: bytes, count: int,
+async def oilspill_run(workdir: Path, layout: Layout, ml_url: str, data: bytes, count: int,
                        kill: Stubs | None = None) -> dict[str, Any]:
     """One job through a fresh server on `ml_url`; with `kill`, its second stub is killed
     once a third of the job is done (and started again after)."""
@@ -107,6 +147,8 @@ async def oilspill_run(workdir: Path, ml_url: str, data: bytes, count: int,
         await wait_http(f"{base}/healthz", server)
         assert server.proc is not None
         pid = server.proc.pid
+        pin(pid, layout.backend)
+        pin(0, layout.ml)  # this process only watches
         async with aiohttp.ClientSession() as session:
             cpu_before = cpu_s(pid)
             accepted = await upload(session, base, data)
@@ -117,7 +159,8 @@ async def oilspill_run(workdir: Path, ml_url: str, data: bytes, count: int,
                             break
                     await asyncio.sleep(0.01)
                 await kill.kill(1)
-            job = await wait_finished(session, base, accepted["job_id"], 0.01)
+            # Polled as a patient client would: the wall time is the job's own.
+            job = await wait_finished(session, base, accepted["job_id"], 0.1)
             cpu = cpu_s(pid) - cpu_before
             async with session.get(f"{base}/healthz") as resp:
                 health = await resp.json()
@@ -136,7 +179,9 @@ async def oilspill_run(workdir: Path, ml_url: str, data: bytes, count: int,
 
 
 async def bare_run(stubs: Stubs, pngs: list[bytes], count: int) -> dict[str, Any]:
-    """Plain aiohttp: the same images to the same three endpoints, LIMIT at a time each."""
+    """Plain aiohttp: the same images to the same three endpoints, LIMIT at a time each;
+    this process on the backend's core meanwhile."""
+    pin(0, stubs.layout.backend)
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=2 * LIMIT * STUBS)) as session:
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -163,12 +208,13 @@ async def bare_run(stubs: Stubs, pngs: list[bytes], count: int) -> dict[str, Any
     return {"images": count, "wall_s": wall, "images_per_s": count / wall}
 
 
-async def tier_cpu_run(workdir: Path, ml_url: str, pngs: list[bytes], count: int
-                       ) -> dict[str, Any]:
+async def tier_cpu_run(workdir: Path, layout: Layout, ml_url: str, pngs: list[bytes],
+                       count: int) -> dict[str, Any]:
     """The tier alone, in this process: `count` calls with as many in flight as the worker
     pool would have (its capacity), each answer then read as the worker reads it (in a
     thread: a /segment mask PNG decoded and its slicks counted; an OIP mask comes counted);
     this process's CPU per image, nothing of the rest of the backend."""
+    pin(0, layout.backend)
     settings = Settings(ml_service_url=ml_url, concurrency=LIMIT)
     spill = workdir / "spill.part"
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(
@@ -209,10 +255,10 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-async def run(count: int, repeats: int) -> dict[str, Any]:
+async def run(count: int, repeats: int, layout: Layout) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="oilspill-bench-") as tmp:
         workdir = Path(tmp)
-        stubs = Stubs(workdir)
+        stubs = Stubs(workdir, layout)
         for n in range(STUBS):
             await stubs.start(n)
         try:
@@ -223,18 +269,17 @@ async def run(count: int, repeats: int) -> dict[str, Any]:
             runs: dict[str, list[dict[str, Any]]] = {
                 "bare": [], "segment": [], "oip": [], "one_lost": [], "tier_segment": [],
                 "tier_oip": [], "segment_tiles": [], "oip_tiles": []}
+            job = functools.partial(oilspill_run, workdir, layout)
+            tier = functools.partial(tier_cpu_run, workdir, layout)
             for _ in range(repeats):  # interleaved: the machine's mood is shared
                 runs["bare"].append(await bare_run(stubs, pngs, count))
-                runs["segment"].append(await oilspill_run(workdir, segment_url, data, count))
-                runs["oip"].append(await oilspill_run(workdir, oip_url, data, count))
-                runs["tier_segment"].append(await tier_cpu_run(workdir, segment_url, pngs,
-                                                               count))
-                runs["tier_oip"].append(await tier_cpu_run(workdir, oip_url, pngs, count))
-                runs["segment_tiles"].append(await oilspill_run(workdir, segment_url, tiles,
-                                                                count))
-                runs["oip_tiles"].append(await oilspill_run(workdir, oip_url, tiles, count))
-                runs["one_lost"].append(await oilspill_run(workdir, segment_url, data, count,
-                                                           kill=stubs))
+                runs["segment"].append(await job(segment_url, data, count))
+                runs["oip"].append(await job(oip_url, data, count))
+                runs["tier_segment"].append(await tier(segment_url, pngs, count))
+                runs["tier_oip"].append(await tier(oip_url, pngs, count))
+                runs["segment_tiles"].append(await job(segment_url, tiles, count))
+                runs["oip_tiles"].append(await job(oip_url, tiles, count))
+                runs["one_lost"].append(await job(segment_url, data, count, kill=stubs))
         finally:
             await stubs.close()
     limit_per_s = LIMIT * STUBS / (LATENCY_MS / 1000)
@@ -245,7 +290,8 @@ async def run(count: int, repeats: int) -> dict[str, Any]:
     return {
         "images": count, "size_px": SIZE, "latency_ms": LATENCY_MS, "endpoints": STUBS,
         "limit_each": LIMIT, "limit_per_s": limit_per_s, "repeats": repeats,
-        "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()), "runs": runs,
+        "cpus": os.cpu_count(), "layout": layout.describe(),
+        "loadavg": list(os.getloadavg()), "runs": runs,
         "summary": {
             "bare_images_per_s": spread([r["images_per_s"] for r in runs["bare"]]),
             "oilspill_images_per_s": spread([r["images_per_s"] for r in runs["segment"]]),
@@ -282,7 +328,8 @@ def table(results: dict[str, Any]) -> str:
         f"{results['images']} images of {results['size_px']} px, {results['endpoints']} stub "
         f"endpoints at {results['latency_ms']:g} ms, limit {results['limit_each']} each "
         f"(C/L = {results['limit_per_s']:.0f} img/s); median (range) of {results['repeats']} "
-        f"runs on {results['cpus']} cores, load {results['loadavg'][0]:.1f}",
+        f"runs on {results['cpus']} cores ({results['layout']}), load "
+        f"{results['loadavg'][0]:.1f}",
         f"{'measure':<46}{'measured':<30}target",
         f"{'1. bare client, 12 in flight':<46}{fmt(s['bare_images_per_s'], ' img/s', 0):<30}",
         f"{'1. oilspill over 3 /segment endpoints':<46}"
@@ -314,12 +361,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="120 images, one run")
+    parser.add_argument("--shared", action="store_true",
+                        help="every process on every core (no cores of its own for the ML tier)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.repeats = 120, 1
     started = time.perf_counter()
-    results = asyncio.run(run(args.images, args.repeats))
+    results = asyncio.run(run(args.images, args.repeats, Layout(args.shared)))
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "ml_tier.json"
     out.write_text(json.dumps(results, indent=1))

@@ -17,8 +17,10 @@ import asyncio
 import email.utils
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 import aiohttp
@@ -31,6 +33,17 @@ logger = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 1024
 ERROR_TEXT_BYTES = 2048
 INLINE_BYTES = 1024 * 1024  # answers up to this size are kept in memory, larger ones spilled
+
+
+def multipart_form(image: bytes, filename: str, content_type: str) -> tuple[bytes, str]:
+    """The /segment request's body for an image in memory, whole in one buffer (one write
+    to the socket rather than a form's several), and its Content-Type header. `filename`
+    must already be a header-safe name (names.header_filename)."""
+    boundary = secrets.token_hex(16)
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+    body = b"".join((head, image, f"\r\n--{boundary}--\r\n".encode()))
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 class MLError(Exception):
@@ -133,12 +146,18 @@ class MLClient:
                        spill_to: Path) -> bytes | Path:
         fh = await asyncio.to_thread(open, image, "rb") if isinstance(image, Path) else None
         try:
-            form = aiohttp.FormData()
-            # aiohttp streams a file object in chunks, reading it in its executor.
-            form.add_field("file", fh or image, filename=header_filename(filename, content_type),
-                           content_type=content_type)
+            safe_name = header_filename(filename, content_type)
+            body: dict[str, Any]
+            if fh is None and isinstance(image, bytes):
+                data, form_type = multipart_form(image, safe_name, content_type)
+                body = {"data": data, "headers": {"Content-Type": form_type}}
+            else:
+                form = aiohttp.FormData()
+                # aiohttp streams a file object in chunks, reading it in its executor.
+                form.add_field("file", fh, filename=safe_name, content_type=content_type)
+                body = {"data": form}
             # Never redirected: the image would go, unasked, to whatever address is named.
-            async with self._session.post(f"{self._base_url}/segment", data=form,
+            async with self._session.post(f"{self._base_url}/segment", **body,
                                           timeout=self._timeout,
                                           allow_redirects=False) as resp:
                 if resp.status != 200:

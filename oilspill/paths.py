@@ -6,6 +6,7 @@ A file being written carries a partial name until it is complete and renamed int
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import uuid
@@ -108,7 +109,7 @@ class JobPaths:
     jobs_dir: Path
     job_id: str
 
-    @property
+    @functools.cached_property
     def root(self) -> Path:
         return self.jobs_dir / self.job_id
 
@@ -181,15 +182,15 @@ class JobPaths:
         """A Sentinel-1 measurement's calibration table, kept beside it."""
         return self.images / calibration_name(stored_name)
 
-    @property
+    @functools.cached_property
     def images(self) -> Path:
         return self.root / "images"
 
-    @property
+    @functools.cached_property
     def masks(self) -> Path:
         return self.root / "masks"
 
-    @property
+    @functools.cached_property
     def results(self) -> Path:
         """Pictures from an ML service that answers with images that are not masks."""
         return self.root / "results"

@@ -5,6 +5,11 @@ recorder and wait for it. Whatever arrived while the previous batch was being wr
 into the next one, so under load one fsync pass and one SQLite transaction serve many
 tasks, and when idle a single task is written at once.
 
+A done task's answer can come unread, with the work that keeps it (classify, count, move
+into place): that work then runs in the batch's own thread hand-off, before the files are
+made durable, so a busy server hands work to a thread once per batch rather than once per
+task. What it raises goes to that task's worker alone; nothing of it is recorded.
+
 Order, for crash safety: a result file is renamed into place first, made durable here
 before its row says `done`; a crash before the commit leaves the task `running`, so it runs
 again after restart and overwrites the file under the same name.
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,13 +30,21 @@ from .store import Store
 logger = logging.getLogger(__name__)
 
 
+Keep = Callable[[], tuple[TaskOutcome, Sequence[Path]]]
+
+
 @dataclass
 class _End:
-    """One task's end, and the future its worker waits on until it is committed."""
+    """One task's end, and the future its worker waits on until it is committed.
 
-    end: TaskDone | TaskFailure | TaskRetry | TileDone | TileRetry
-    future: asyncio.Future[None]
+    With `keep`, `end` is made in the batch's thread from what `keep` returns (the outcome
+    and the files to make durable), and the future gets the outcome."""
+
+    end: TaskDone | TaskFailure | TaskRetry | TileDone | TileRetry | None
+    future: asyncio.Future[TaskOutcome | None]
     files: Sequence[Path] = field(default_factory=tuple)
+    keep: Keep | None = None
+    task_id: str = ""
 
 
 def _fsync(path: Path) -> None:
@@ -50,9 +63,26 @@ def make_durable(files: Sequence[Path]) -> None:
         _fsync(folder)
 
 
+def _kept(batch: list[_End]) -> list[_End]:
+    """Run each end's `keep`; an end whose keep raises fails alone. Runs in a thread."""
+    kept = []
+    for end in batch:
+        if end.keep is not None:
+            try:
+                outcome, end.files = end.keep()
+            except Exception as exc:
+                end.future.get_loop().call_soon_threadsafe(_fail_future, end.future, exc)
+                continue
+            end.end = TaskDone(end.task_id, outcome)
+        kept.append(end)
+    return kept
+
+
 def _durable(batch: list[_End]) -> list[_End]:
-    """Make the batch's files durable; the ends whose files are gone (their job was deleted
-    meanwhile) fail alone, and the rest of the batch goes on. Runs in a thread."""
+    """Keep the answers that came unread, then make the batch's files durable; the ends
+    whose files are gone (their job was deleted meanwhile) fail alone, and the rest of the
+    batch goes on. Runs in a thread."""
+    batch = _kept(batch)
     try:
         make_durable([path for end in batch for path in end.files])
         return batch
@@ -69,7 +99,7 @@ def _durable(batch: list[_End]) -> list[_End]:
     return kept
 
 
-def _fail_future(future: asyncio.Future[None], exc: BaseException) -> None:
+def _fail_future(future: asyncio.Future[TaskOutcome | None], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
 
@@ -91,6 +121,16 @@ class Recorder:
         """Record a task as done once its files are durable."""
         await self._submit(_End(TaskDone(task_id, outcome), self._future(), files))
 
+    async def keep_done(self, task_id: str, keep: Keep) -> TaskOutcome:
+        """Record a task as done with what `keep` (run in the batch's thread) makes of its
+        answer, once the files it names are durable; returns the outcome, or raises what
+        `keep` raised (and nothing is recorded)."""
+        end = _End(None, self._future(), keep=keep, task_id=task_id)
+        await self._submit(end)
+        outcome = end.future.result()
+        assert outcome is not None
+        return outcome
+
     async def failed(self, task_id: str, reason: str, width: int | None = None,
                      height: int | None = None) -> None:
         await self._submit(_End(TaskFailure(task_id, reason, width, height), self._future()))
@@ -108,7 +148,7 @@ class Recorder:
         await self._submit(_End(TileRetry(task_id, idx, reason, not_before), self._future()))
 
     @staticmethod
-    def _future() -> asyncio.Future[None]:
+    def _future() -> asyncio.Future[TaskOutcome | None]:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, end: _End) -> None:
@@ -133,7 +173,7 @@ class Recorder:
         if not batch:
             return
         try:
-            ends = [e.end for e in batch]
+            ends = [e.end for e in batch if e.end is not None]
             await self._store.record(
                 done=[e for e in ends if isinstance(e, TaskDone)],
                 failed=[e for e in ends if isinstance(e, TaskFailure)],
@@ -148,7 +188,8 @@ class Recorder:
             return
         for end in batch:
             if not end.future.done():  # a worker cancelled meanwhile no longer waits
-                end.future.set_result(None)
+                end.future.set_result(end.end.outcome if isinstance(end.end, TaskDone)
+                                      and end.keep is not None else None)
 
     async def close(self) -> None:
         """Write what is pending, then stop."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 from .geo.scene import SceneError
 from .geo.stitch import BadMask
 from .jobs import RetryPolicy, Task, TaskOutcome, TileUnit, UnitKind
-from .masks import Answer, UnreadableImage, probe_image, read_answer
+from .masks import UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
 from .ml_client import MLRejected, MLUnavailable, MLUnreachable
 from .ml_tier import MLTier
@@ -94,6 +95,9 @@ class WorkerPool:
         # Claimed and not yet ended (by key); and, of those, the ones whose work has started.
         self._claimed: dict[str, Unit] = {}
         self._called: set[str] = set()
+        # The images of claimed plain tasks, read in one hand-off per claim (by task id):
+        # at most `_workers` of them, each at most INLINE_IMAGE_BYTES.
+        self._read_ahead: dict[str, ImageRead] = {}
 
     @property
     def ml_reachable(self) -> bool:
@@ -125,6 +129,7 @@ class WorkerPool:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
+        self._read_ahead.clear()
         await self._recorder.close()
         await self._gate.close()
         # Units claimed ahead whose work never started did not use an attempt.
@@ -142,6 +147,7 @@ class WorkerPool:
         for unit in waiting:
             if unit.job_id == job_id:
                 self._claimed.pop(unit.key, None)
+                self._read_ahead.pop(unit.key, None)
             else:
                 self._ready.put_nowait(unit)
         busy = {u.job_id for u in [*self._claimed.values(),
@@ -178,6 +184,10 @@ class WorkerPool:
                     continue
                 seen = self._generation
                 claimed = await self._store.claim_units(self._workers)
+                plain = [u for u in claimed if isinstance(u, Task)]
+                if plain:
+                    self._read_ahead.update(await asyncio.to_thread(
+                        _read_images, self._jobs_dir, plain, self._max_image_pixels))
                 for unit in claimed:
                     self._claimed[unit.key] = unit
                     self._ready.put_nowait(unit)
@@ -213,6 +223,7 @@ class WorkerPool:
                                  f"has the detail under task {task.id}")
             finally:
                 self._inflight.pop(unit.key, None)
+                self._read_ahead.pop(unit.key, None)
                 if not child.cancelled() or not self._stopping:
                     self._claimed.pop(unit.key, None)
                     self._called.discard(unit.key)
@@ -224,12 +235,13 @@ class WorkerPool:
         image = paths.image(task.stored_name)
         logger.debug("job %s task %s: started %s (attempt %d)", task.job_id, task.id,
                      task.filename, task.attempts)
-        try:
-            width, height, body = await asyncio.to_thread(
-                _read_image, image, self._max_image_pixels)
-        except UnreadableImage as exc:
-            await self._fail(task, str(exc))
+        read = self._read_ahead.pop(task.id, None)
+        if read is None:
+            read = await asyncio.to_thread(_read_or_why, image, self._max_image_pixels)
+        if isinstance(read, UnreadableImage):
+            await self._fail(task, str(read))
             return
+        width, height, body = read
         spill = paths.answer_partial(task.id)
         try:
             await self._gate.wait_open()
@@ -238,23 +250,24 @@ class WorkerPool:
                 answer_body = await self._ml.segment(body, task.filename, task.content_type,
                                                      spill)
             self._gate.record_success()
-            answer, result_name, files = await asyncio.to_thread(
-                _keep_answer, answer_body, spill, width, height, paths, task)
         except MLUnavailable as exc:
             if isinstance(exc, MLUnreachable):
                 self._gate.record_unreachable()
             await self._retry_or_fail(task, exc, width, height)
             return
-        except (MLRejected, UnreadableImage) as exc:
+        except MLRejected as exc:
             await self._fail(task, str(exc), width, height)
             return
-        fraction = answer.oil_pixels / (width * height) if answer.oil_pixels is not None else None
-        await self._recorder.done(task.id, TaskOutcome(
-            width=width, height=height, result_kind=answer.kind, result_name=result_name,
-            oil_pixels=answer.oil_pixels, oil_fraction=fraction,
-            slick_count=answer.slick_count, largest_slick_px=answer.largest_slick_px), files)
+        try:
+            # Kept in the recorder's thread hand-off, with the other ends of its batch.
+            outcome = await self._recorder.keep_done(task.id, functools.partial(
+                _keep_answer, answer_body, spill, width, height, paths, task))
+        except UnreadableImage as exc:
+            await self._fail(task, str(exc), width, height)
+            return
+        fraction = outcome.oil_fraction
         logger.info("job %s task %s: done %s, %s, oil fraction %s", task.job_id, task.id,
-                    task.filename, answer.kind.value,
+                    task.filename, outcome.result_kind.value if outcome.result_kind else "?",
                     "n/a" if fraction is None else f"{fraction:.4f}")
 
     async def _retry_or_fail(self, unit: Unit, exc: MLUnavailable, width: int | None = None,
@@ -372,6 +385,27 @@ class WorkerPool:
                     outcome.oil_fraction or 0.0, outcome.slick_count or 0)
 
 
+ImageRead = tuple[int, int, bytes | Path] | UnreadableImage
+
+
+def _read_or_why(path: Path, max_pixels: int) -> ImageRead:
+    try:
+        return _read_image(path, max_pixels)
+    except UnreadableImage as exc:
+        return exc
+
+
+def _read_images(jobs_dir: Path, tasks: list[Task], max_pixels: int) -> dict[str, ImageRead]:
+    """Each task's image read (or why it cannot be), in one hand-off for a whole claim; one
+    that the file system refuses (its job deleted meanwhile) is left to its worker."""
+    reads = {}
+    for task in tasks:
+        with contextlib.suppress(OSError):
+            reads[task.id] = _read_or_why(
+                JobPaths(jobs_dir, task.job_id).image(task.stored_name), max_pixels)
+    return reads
+
+
 def _read_image(path: Path, max_pixels: int) -> tuple[int, int, bytes | Path]:
     """The image's size from its header, and its bytes when small (else the path, to
     stream from disk)."""
@@ -383,21 +417,30 @@ def _read_image(path: Path, max_pixels: int) -> tuple[int, int, bytes | Path]:
 
 
 def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths: JobPaths,
-                 task: Task) -> tuple[Answer, str, list[Path]]:
-    """Classify the answer and move it into place (the recorder makes it durable before the
-    task is marked done). Returns the answer, the result's file name and the file written."""
+                 task: Task) -> tuple[TaskOutcome, list[Path]]:
+    """Classify the answer and put it in place (the recorder makes it durable before the
+    task is marked done). Returns the task's outcome and the file written.
+
+    An answer in memory is written under its final name at once: until the task's row says
+    done, a crash leaves it running, and its next run writes the file again."""
     try:
         # A mask the OIP client made comes with its figures, counted from its array.
         answer = (body.answer if isinstance(body, CountedMask) and body.size == (width, height)
                   else read_answer(body, width, height))
-        if isinstance(body, bytes):
-            spill.write_bytes(body)
         name = result_name(task.seq, answer.extension)
-        final = paths.result(answer.kind, name)
-        os.replace(spill, final)  # masks/ and results/ were made with the job
-        return answer, name, [final]
+        final = paths.result(answer.kind, name)  # masks/ and results/ were made with the job
+        if isinstance(body, bytes):
+            final.write_bytes(body)
+        else:
+            os.replace(spill, final)
     finally:
-        _remove_if_present(spill)
+        if not isinstance(body, bytes):
+            _remove_if_present(spill)
+    fraction = answer.oil_pixels / (width * height) if answer.oil_pixels is not None else None
+    return TaskOutcome(width=width, height=height, result_kind=answer.kind, result_name=name,
+                       oil_pixels=answer.oil_pixels, oil_fraction=fraction,
+                       slick_count=answer.slick_count,
+                       largest_slick_px=answer.largest_slick_px), [final]
 
 
 def _remove_if_present(path: Path) -> None:
