@@ -14,7 +14,7 @@ WARN_S = 0.25  # a stall this long is logged: something blocked the loop
 class LoopLagMonitor:
     """Sleeps `interval_s` again and again; the excess of each wake-up is the loop's lag."""
 
-    def __init__(self, interval_s: float = 0.01) -> None:
+    def __init__(self, interval_s: float = 0.05) -> None:
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
         self.max_lag_s = 0.0  # the largest stall since start

@@ -106,6 +106,15 @@ class _Request:
     finished: bool = False
 
 
+@dataclass(frozen=True)
+class _Meters:
+    """An endpoint's own series of the tier's metrics."""
+
+    requests: Any
+    seconds: Any
+    calls: Any
+
+
 class Endpoint:
     """One endpoint: its client, its limit, its place in the rotation and its figures.
 
@@ -204,9 +213,12 @@ class MLTier:
         # Batching needs each call's size before it is decoded: read from PNG headers, and
         # only when an endpoint may batch.
         self._sizes = batch > 1 and any(e.protocol is Protocol.OIP for e in self._endpoints)
+        # Each endpoint's series, looked up once (listed from the start, at 0).
+        self._meters = {e: _Meters(metrics.ml_endpoint_requests.labels(e.url),
+                                   metrics.ml_endpoint_seconds.labels(e.url),
+                                   metrics.ml_endpoint_calls.labels(e.url))
+                        for e in self._endpoints}
         for endpoint in self._endpoints:
-            for metric in (metrics.ml_endpoint_calls, metrics.ml_endpoint_requests):
-                metric.labels(endpoint.url)  # listed from the start, at 0
             metrics.ml_endpoint_limit.labels(endpoint.url).set(endpoint.limit)
 
     @classmethod
@@ -395,7 +407,7 @@ class MLTier:
         endpoint.last_used = self._sequence
         endpoint.in_flight += 1
         endpoint.requests += 1
-        self._metrics.ml_endpoint_requests.labels(endpoint.url).inc()
+        self._meters[endpoint].requests.inc()
         request = _Request(endpoint, calls)
         request.task = asyncio.create_task(self._run(request),
                                            name=f"oilspill-ml-request-{endpoint.url}")
@@ -452,7 +464,7 @@ class MLTier:
         endpoint.answered += 1
         endpoint.reachable = True
         endpoint.failures_in_a_row = 0
-        self._metrics.ml_endpoint_seconds.labels(endpoint.url).observe(elapsed_s)
+        self._meters[endpoint].seconds.observe(elapsed_s)
         if error_kind is not None:
             endpoint.errors += 1
             self._metrics.ml_endpoint_errors.labels(endpoint.url, error_kind).inc()
@@ -473,7 +485,7 @@ class MLTier:
                 call.future.set_result(result)
                 done += 1
         endpoint.calls += done
-        self._metrics.ml_endpoint_calls.labels(endpoint.url).inc(done)
+        self._meters[endpoint].calls.inc(done)
 
     def _rejected(self, request: _Request, exc: MLRejected) -> None:
         pending = [c for c in request.calls if not c.future.done()]

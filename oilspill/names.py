@@ -105,8 +105,9 @@ def header_filename(name: str, content_type: str) -> str:
     """A file name for a multipart header: ASCII letters, digits, '.', '_' and '-' only
     (accents dropped, anything else '_'), the extension of the type the file really is."""
     leaf = PurePosixPath(name.replace("\\", "/")).name
-    suffix = PurePosixPath(leaf).suffix
-    stem = leaf[: len(leaf) - len(suffix)] if suffix else leaf
+    stem, dot, extension = leaf.rpartition(".")
+    suffix = f".{extension}" if dot and stem and extension else ""
+    stem = stem if suffix else leaf
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
     safe_stem = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_stem).strip("._-")
     safe_stem = safe_stem[:HEADER_STEM_CHARS] or "image"
