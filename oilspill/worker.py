@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .geo.scene import SceneError
 from .geo.stitch import BadMask
-from .jobs import RetryPolicy, Task, TaskOutcome, TileUnit, UnitKind
+from .jobs import RetryPolicy, Task, TaskDone, TaskFailure, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
 from .ml_client import MLRejected, MLUnavailable, MLUnreachable
@@ -81,10 +81,11 @@ class WorkerPool:
         self._workers = workers or 2 * concurrency
         self._rng = rng or random.Random()
         self._calls = asyncio.Semaphore(concurrency)
-        self._recorder = Recorder(store)
+        self._recorder = Recorder(store, max_handed=self._workers)
         # Claimed tasks waiting for a worker; refilled by one claim of up to `_workers`.
         self._ready: asyncio.Queue[Unit] = asyncio.Queue()
         self._claiming = asyncio.Lock()
+        self._topping: asyncio.Task[None] | None = None  # a claim ahead of need, running
         # A generation counter under a condition: a worker that found no work waits for the
         # counter to move past what it saw before claiming, so no wake-up is ever lost.
         self._arrivals = asyncio.Condition()
@@ -121,6 +122,8 @@ class WorkerPool:
         rest; every task still running goes back to queued."""
         self._stopping = True
         await self.notify()
+        if self._topping is not None:
+            await asyncio.gather(self._topping, return_exceptions=True)
         inflight = [child for _, child in self._inflight.values()]
         if inflight:
             logger.info("waiting up to %.1f s for %d calls in flight", grace_s, len(inflight))
@@ -172,27 +175,52 @@ class WorkerPool:
 
     async def _next_unit(self) -> Unit | None:
         """The next claimed unit: from the local queue, or from one batched claim; None once
-        the pool is stopping."""
+        the pool is stopping. Taking one that leaves the queue under half full claims more
+        in the background, so that workers seldom wait for a claim."""
         while True:
             if self._stopping:
                 return None
             if not self._ready.empty():
-                return self._ready.get_nowait()
+                unit = self._ready.get_nowait()
+                if self._ready.qsize() < self._workers // 2:
+                    self._top_up()
+                return unit
             await self._gate.wait_open()
             async with self._claiming:
                 if not self._ready.empty():
                     continue
                 seen = self._generation
-                claimed = await self._store.claim_units(self._workers)
-                plain = [u for u in claimed if isinstance(u, Task)]
-                if plain:
-                    self._read_ahead.update(await asyncio.to_thread(
-                        _read_images, self._jobs_dir, plain, self._max_image_pixels))
-                for unit in claimed:
-                    self._claimed[unit.key] = unit
-                    self._ready.put_nowait(unit)
+                claimed = await self._claim()
             if not claimed:
                 await self._wait_for_work(seen)
+
+    async def _claim(self) -> list[Unit]:
+        """One batched claim into the local queue, the plain tasks' images read with it (one
+        hand-off to a thread); hold `_claiming`."""
+        claimed = await self._store.claim_units(self._workers)
+        plain = [u for u in claimed if isinstance(u, Task)]
+        if plain:
+            self._read_ahead.update(await asyncio.to_thread(
+                _read_images, self._jobs_dir, plain, self._max_image_pixels))
+        for unit in claimed:
+            self._claimed[unit.key] = unit
+            self._ready.put_nowait(unit)
+        return claimed
+
+    def _top_up(self) -> None:
+        if (self._topping is None and not self._claiming.locked() and not self._stopping
+                and self._gate.is_open):
+            self._topping = asyncio.create_task(self._top_up_now(), name="oilspill-claim")
+
+    async def _top_up_now(self) -> None:
+        try:
+            async with self._claiming:
+                if self._ready.qsize() < self._workers // 2 and not self._stopping:
+                    await self._claim()
+        except Exception:
+            logger.exception("claiming queued tasks failed; the workers claim them next")
+        finally:
+            self._topping = None
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -258,17 +286,11 @@ class WorkerPool:
         except MLRejected as exc:
             await self._fail(task, str(exc), width, height)
             return
-        try:
-            # Kept in the recorder's thread hand-off, with the other ends of its batch.
-            outcome = await self._recorder.keep_done(task.id, functools.partial(
-                _keep_answer, answer_body, spill, width, height, paths, task))
-        except UnreadableImage as exc:
-            await self._fail(task, str(exc), width, height)
-            return
-        fraction = outcome.oil_fraction
-        logger.info("job %s task %s: done %s, %s, oil fraction %s", task.job_id, task.id,
-                    task.filename, outcome.result_kind.value if outcome.result_kind else "?",
-                    "n/a" if fraction is None else f"{fraction:.4f}")
+        # Kept in the recorder's thread hand-off with the other ends of its batch; this
+        # worker goes on meanwhile.
+        await self._recorder.hand_over(task.id, functools.partial(
+            _keep_answer, answer_body, spill, width, height, paths, task),
+            functools.partial(_log_end, task))
 
     async def _retry_or_fail(self, unit: Unit, exc: MLUnavailable, width: int | None = None,
                              height: int | None = None) -> None:
@@ -416,17 +438,32 @@ def _read_image(path: Path, max_pixels: int) -> tuple[int, int, bytes | Path]:
     return width, height, data if data is not None else path
 
 
+def _log_end(task: Task, end: TaskDone | TaskFailure) -> None:
+    if isinstance(end, TaskFailure):
+        logger.warning("job %s task %s: failed: %s", task.job_id, task.id, end.reason)
+        return
+    fraction = end.outcome.oil_fraction
+    kind = end.outcome.result_kind
+    logger.info("job %s task %s: done %s, %s, oil fraction %s", task.job_id, task.id,
+                task.filename, kind.value if kind else "?",
+                "n/a" if fraction is None else f"{fraction:.4f}")
+
+
 def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths: JobPaths,
-                 task: Task) -> tuple[TaskOutcome, list[Path]]:
+                 task: Task) -> tuple[TaskOutcome, list[Path]] | TaskFailure:
     """Classify the answer and put it in place (the recorder makes it durable before the
-    task is marked done). Returns the task's outcome and the file written.
+    task is marked done). Returns the task's outcome and the file written, or its failure
+    when the answer is not a usable image.
 
     An answer in memory is written under its final name at once: until the task's row says
     done, a crash leaves it running, and its next run writes the file again."""
     try:
         # A mask the OIP client made comes with its figures, counted from its array.
-        answer = (body.answer if isinstance(body, CountedMask) and body.size == (width, height)
-                  else read_answer(body, width, height))
+        try:
+            answer = (body.answer if isinstance(body, CountedMask)
+                      and body.size == (width, height) else read_answer(body, width, height))
+        except UnreadableImage as exc:
+            return TaskFailure(task.id, str(exc), width, height)
         name = result_name(task.seq, answer.extension)
         final = paths.result(answer.kind, name)  # masks/ and results/ were made with the job
         if isinstance(body, bytes):
