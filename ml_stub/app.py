@@ -27,7 +27,8 @@ class StubOptions:
 
     latency_ms: extra wait per call. mode: 'mask' (the contract), 'annotated' (a JPEG, as
     the original YOLO service answers) or 'ready' (a fixed mask of the input's size, no
-    computing: for benchmarks). max_image_bytes: larger uploads get 413.
+    computing: for benchmarks). max_image_bytes: larger uploads get 413. confidence: the OIP
+    model has a second output, `confidence` (see oip.py).
     Fault injection, each a probability per call, all 0 by default: fail_rate answers 503,
     hang_rate never answers, drop_rate closes the connection without an answer. seed makes
     the faults repeatable.
@@ -40,6 +41,7 @@ class StubOptions:
     hang_rate: float = 0.0
     drop_rate: float = 0.0
     seed: int | None = None
+    confidence: bool = False
     detector: DetectorOptions = field(default_factory=DetectorOptions)
 
 

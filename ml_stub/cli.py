@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="mask: the contract's PNG mask; annotated: a JPEG picture, "
                              "as the original YOLO service answered; ready: a fixed mask "
                              "of the input's size, no computing (benchmarks)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="the OIP model gets a second output, 'confidence' (FP32, per "
+                             "pixel: the fraction of oil in its 5 x 5 neighbourhood)")
     for f in fields(DetectorOptions):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
                             default=f.default,
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     options = StubOptions(latency_ms=args.latency_ms, mode=args.mode,
                           fail_rate=args.fail_rate, hang_rate=args.hang_rate,
-                          drop_rate=args.drop_rate, seed=args.seed,
+                          drop_rate=args.drop_rate, seed=args.seed, confidence=args.confidence,
                           detector=DetectorOptions(**{
                               f.name: getattr(args, f.name) for f in fields(DetectorOptions)}))
     web.run_app(create_app(options), host=args.host, port=args.port, access_log=None,

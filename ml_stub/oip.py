@@ -7,13 +7,17 @@ The model takes one input, `image`, in either of two forms:
   `/segment` decodes), as binary data or, in JSON, base64 with
   `parameters.content_type = "base64"`; the pictures of one request share one size.
 It answers one output, `mask`: UINT8 [N, H, W], 0 sea and 255 oil, for each tile the mask
-`/segment` gives the same picture (the detector runs tile by tile).
+`/segment` gives the same picture (the detector runs tile by tile). With `--confidence` it
+has a second output, `confidence`: FP32 [N, H, W], for each pixel the fraction of oil in its
+5 x 5 neighbourhood (edges mirrored), an honest if simple measure of how sure the mask is
+there; without the flag, its metadata and answers are as if it did not exist.
 
 Tensors travel as JSON (`data`, flat or nested, row-major) or with the binary tensor data
 extension: the JSON header, `Inference-Header-Content-Length` bytes long, then each binary
 input's `parameters.binary_data_size` bytes, little-endian (a BYTES element is its 4-byte
-length, then its bytes). `mask` is answered the same way when the request asks for it
-(`parameters.binary_data_output`, or `binary_data` on the output), else as JSON. Errors are
+length, then its bytes). Each output is answered the same way when the request asks for it
+(`parameters.binary_data_output`, or `binary_data` on the output), else as JSON; a request
+that names no output gets them all. Errors are
 `{"error": "..."}`: 400 for a request that breaks the protocol or the model's contract, 404
 for another model, 413 past the stub's size limit, 503 for an injected failure.
 
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 from PIL import Image
+from scipy import ndimage
 
 from .app import OPTIONS, StubOptions, injected_failure, ready_mask
 from .detector import detect_batch
@@ -48,6 +53,8 @@ MODEL_VERSION = "1"
 PLATFORM = "ml_stub-dark-spot"
 INPUT = "image"
 OUTPUT = "mask"
+CONFIDENCE = "confidence"
+CONFIDENCE_PX = 5  # the neighbourhood a pixel's confidence is measured on, a side
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _ELEMENT_LENGTH = struct.Struct("<I")  # a BYTES element's length, little-endian
 
@@ -55,6 +62,8 @@ _ELEMENT_LENGTH = struct.Struct("<I")  # a BYTES element's length, little-endian
 # same input under another datatype, which metadata has no way to list.
 INPUTS = [{"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1]}]
 OUTPUTS = [{"name": OUTPUT, "datatype": "UINT8", "shape": [-1, -1, -1]}]
+# With --confidence: the mask, then its confidence, in the same layout.
+CONFIDENCE_OUTPUTS = [*OUTPUTS, {"name": CONFIDENCE, "datatype": "FP32", "shape": [-1, -1, -1]}]
 
 
 class BadRequest(ValueError):
@@ -67,11 +76,15 @@ class InferRequest:
 
     tiles: UINT8 pixels [N, H, W], or N encoded pictures. binary_mask: whether `mask` is
     answered as binary data. request_id: the request's `id`, echoed in the answer.
+    confidence: None when `confidence` is not to be answered, else whether as binary data.
+    answer_mask: whether `mask` is to be answered (not when only `confidence` is asked).
     """
 
     tiles: np.ndarray | list[bytes]
     binary_mask: bool
     request_id: str | None
+    confidence: bool | None = None
+    answer_mask: bool = True
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -168,30 +181,33 @@ def _pictures(shape: list[int], data: Any, raw: bytes | None, content_type: Any
     return elements
 
 
-def _binary_mask(request: dict[str, Any]) -> bool:
-    """Whether the request asks for `mask` as binary data: the output's own `binary_data`,
-    else the request's `binary_data_output`."""
+def _binary_outputs(request: dict[str, Any], names: tuple[str, ...]) -> dict[str, bool]:
+    """The outputs to answer, of the model's `names`, each with whether as binary data: the
+    output's own `binary_data`, else the request's `binary_data_output`; all of them when
+    the request names none."""
     parameters = _object(request.get("parameters", {}), "the request's parameters")
     default = _flag(parameters.get("binary_data_output", False), "binary_data_output")
     outputs = request.get("outputs")
     if outputs is None:
-        return default
+        return dict.fromkeys(names, default)
     if not isinstance(outputs, list):
         raise BadRequest("outputs must be a list")
-    binary = default
+    binary: dict[str, bool] = {}
     for item in outputs:
         output = _object(item, "an output")
-        if output.get("name") != OUTPUT:
+        if output.get("name") not in names:
             raise BadRequest(f"unknown output {output.get('name')!r}: the model answers "
-                             f"{OUTPUT!r}")
+                             f"{' and '.join(repr(n) for n in names)}")
         out_parameters = _object(output.get("parameters", {}), "the output's parameters")
-        binary = _flag(out_parameters.get("binary_data", default), "binary_data")
-    return binary
+        binary[output["name"]] = _flag(out_parameters.get("binary_data", default),
+                                       "binary_data")
+    return binary or dict.fromkeys(names, default)
 
 
-def read_request(body: bytes, header_length: str | None) -> InferRequest:
+def read_request(body: bytes, header_length: str | None,
+                 names: tuple[str, ...] = (OUTPUT,)) -> InferRequest:
     """An inference request from its body, and its Inference-Header-Content-Length header
-    (None when the whole body is JSON)."""
+    (None when the whole body is JSON), for a model with the outputs `names`."""
     if header_length is None:
         header, rest = body, b""
     else:
@@ -240,7 +256,9 @@ def read_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest("the request's id must be a string")
-    return InferRequest(tiles, _binary_mask(request), request_id)
+    outputs = _binary_outputs(request, names)
+    return InferRequest(tiles, outputs.get(OUTPUT, False), request_id,
+                        confidence=outputs.get(CONFIDENCE), answer_mask=OUTPUT in outputs)
 
 
 @functools.lru_cache(maxsize=64)
@@ -279,28 +297,56 @@ def masks(tiles: np.ndarray | list[bytes], options: StubOptions) -> np.ndarray:
         raise BadRequest(str(exc)) from None
 
 
+def confidence(found: np.ndarray) -> np.ndarray:
+    """The `confidence` of masks [N, H, W] (0 sea, 255 oil): per pixel, the fraction of oil
+    pixels in its CONFIDENCE_PX x CONFIDENCE_PX neighbourhood (edges mirrored), FP32."""
+    oil = (found >= 128).astype(np.float32)
+    near: np.ndarray = ndimage.uniform_filter(oil, size=(1, CONFIDENCE_PX, CONFIDENCE_PX))
+    return np.clip(near, 0, 1, out=near)
+
+
 def encode_answer(found: np.ndarray, request: InferRequest) -> tuple[bytes, dict[str, str]]:
-    """The inference answer's body and headers: `mask` as binary data or as JSON."""
-    output: dict[str, Any] = {"name": OUTPUT, "datatype": "UINT8", "shape": list(found.shape)}
+    """The inference answer's body and headers: each output asked for (`mask`, and
+    `confidence` when the request says so) as binary data or as JSON."""
+    tensors: list[tuple[str, str, np.ndarray, bool]] = []
+    if request.answer_mask:
+        tensors.append((OUTPUT, "UINT8", np.ascontiguousarray(found, dtype=np.uint8),
+                        request.binary_mask))
+    if request.confidence is not None:
+        tensors.append((CONFIDENCE, "FP32", confidence(found).astype("<f4"),
+                        request.confidence))
+    outputs: list[dict[str, Any]] = []
     answer: dict[str, Any] = {"model_name": MODEL_NAME, "model_version": MODEL_VERSION,
-                              "outputs": [output]}
+                              "outputs": outputs}
     if request.request_id is not None:
         answer["id"] = request.request_id
-    if request.binary_mask:
-        raw = np.ascontiguousarray(found, dtype=np.uint8).tobytes()
-        output["parameters"] = {"binary_data_size": len(raw)}
+    raw: list[bytes] = []
+    for name, datatype, values, binary in tensors:
+        output: dict[str, Any] = {"name": name, "datatype": datatype,
+                                  "shape": list(values.shape)}
+        if binary:
+            raw.append(values.tobytes())
+            output["parameters"] = {"binary_data_size": len(raw[-1])}
+        else:
+            output["data"] = values.ravel().tolist()
+        outputs.append(output)
+    if raw:
         header = json.dumps(answer).encode()
-        return header + raw, {"Content-Type": "application/octet-stream",
-                              HEADER_LENGTH: str(len(header))}
-    output["data"] = found.ravel().tolist()
+        return header + b"".join(raw), {"Content-Type": "application/octet-stream",
+                                        HEADER_LENGTH: str(len(header))}
     return (json.dumps(answer, separators=(",", ":")).encode(),
             {"Content-Type": "application/json"})
 
 
 def _infer(body: bytes, header_length: str | None, options: StubOptions
            ) -> tuple[bytes, dict[str, str]]:
-    request = read_request(body, header_length)
+    request = read_request(body, header_length, tuple(o["name"] for o in _outputs(options)))
     return encode_answer(masks(request.tiles, options), request)
+
+
+def _outputs(options: StubOptions) -> list[dict[str, Any]]:
+    """The model's outputs, as its metadata lists them."""
+    return CONFIDENCE_OUTPUTS if options.confidence else OUTPUTS
 
 
 def _other_model(request: web.Request) -> web.Response | None:
@@ -352,7 +398,8 @@ async def model_metadata(request: web.Request) -> web.Response:
     if (missing := _other_model(request)) is not None:
         return missing
     return web.json_response({"name": MODEL_NAME, "versions": [MODEL_VERSION],
-                              "platform": PLATFORM, "inputs": INPUTS, "outputs": OUTPUTS})
+                              "platform": PLATFORM, "inputs": INPUTS,
+                              "outputs": _outputs(request.app[OPTIONS])})
 
 
 async def model_ready(request: web.Request) -> web.Response:

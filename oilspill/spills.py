@@ -2,9 +2,10 @@
 
 A scene's file is written when it is stitched, in WGS84 lon/lat from its georeference (a
 scene without one keeps pixel coordinates). A plain picture's file is made on first use, in
-pixel coordinates. A job's file is the union of its images' features, built once and kept,
-like the result zip: the lon/lat features of its georeferenced images, or, when none is
-georeferenced, every picture's features in pixels.
+pixel coordinates, each slick with the confidence the ML service gave it when the mask
+keeps one (see mask_confidence). A job's file is the union of its images' features, built
+once and kept, like the result zip: the lon/lat features of its georeferenced images, or,
+when none is georeferenced, every picture's features in pixels.
 
 Blocking: run in a thread.
 """
@@ -12,26 +13,35 @@ Blocking: run in a thread.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+import shapely
+from PIL import Image, PngImagePlugin
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 from rasterio.windows import Window
+from scipy import ndimage
 
 from .geo.geojson import PIXEL, feature_collection, merge_collections, write_geojson
 from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to_lonlat
 from .geo.scale import Stretch
 from .geo.stitch import Georef
 from .jobs import ResultKind, Task
+from .masks import OIL_LEVEL
+from .oip_client import CONFIDENCE_KEY
 from .outlines import draw_outlines
 from .paths import JobPaths, partial_beside
 
 Reader = Callable[[Window, tuple[int, int]], np.ndarray]
 CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
+MATCH_PX = 3.0  # a slick's first pixel (its centre) is at most this far from its outline
+_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
 
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
@@ -67,10 +77,97 @@ def ensure_task_spills(paths: JobPaths, task: Task) -> Path:
     if task.result_kind is not ResultKind.MASK or task.result_name is None:
         raise FileNotFoundError(out)
     mask = paths.result(ResultKind.MASK, task.result_name)
-    slicks = locate(slick_polygons(mask), Georef())
+    pixel_slicks = slick_polygons(mask)
+    slicks = locate(pixel_slicks, Georef(), confidence=mask_confidence(mask, pixel_slicks))
     out.parent.mkdir(exist_ok=True)
     write_geojson(out, feature_collection(slicks, image=task.filename, pixel=True))
     return out
+
+
+def mask_confidence(mask_path: Path, slicks: Sequence[PixelSlick]) -> dict[int, float]:
+    """Each slick's confidence as the mask PNG keeps it, by slick_id (oip_client's
+    confidence_text: `{"slicks": [{"row", "col", "confidence"}, ...]}`, each slick named by
+    its first oil pixel in row order); empty for a mask without it, with it garbled, or
+    with one value per image or detection (`"values"`): those slicks' confidence stays null.
+
+    A slick is told by what survives simplifying its outline: the mask is labelled again
+    (8-connected oil), and an entry goes to the slick with its label's pixel count whose
+    outline is nearest its first pixel's centre, within MATCH_PX; each slick is taken once.
+    Values outside [0, 1] are not kept. The whole mask is read: a plain picture's is small.
+    """
+    try:
+        with Image.open(mask_path) as image:
+            text = image.info.get(CONFIDENCE_KEY)
+            if text is None and isinstance(image, PngImagePlugin.PngImageFile):
+                text = image.text.get(CONFIDENCE_KEY)  # a chunk after the pixels
+            entries = _slick_entries(text)
+            if not entries or not slicks or image.mode not in ("L", "P"):
+                return {}
+            band: npt.NDArray[np.uint8] = np.asarray(image, np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return {}
+    if band.ndim != 2:
+        return {}
+    labels, _ = ndimage.label(band >= OIL_LEVEL, structure=_EIGHT_NEIGHBOURS)
+    sizes = np.bincount(labels.ravel())
+    height, width = labels.shape
+    points, pixels, values = [], [], []
+    for row, col, value in entries:
+        label = int(labels[row, col]) if row < height and col < width else 0
+        if label:
+            points.append(shapely.Point(col + 0.5, row + 0.5))
+            pixels.append(int(sizes[label]))
+            values.append(value)
+    if not points:
+        return {}
+    outlines = [s.polygon for s in slicks]
+    near = shapely.STRtree(outlines).query(points, predicate="dwithin", distance=MATCH_PX)
+    pairs = [(int(p), int(o)) for p, o in near.T if pixels[p] == slicks[o].pixels]
+    if not pairs:
+        return {}
+    distances = shapely.distance([points[p] for p, _ in pairs],
+                                 [outlines[o] for _, o in pairs])
+    found: dict[int, float] = {}
+    taken: set[int] = set()
+    for n in np.argsort(distances, kind="stable"):  # the nearest pairs first
+        p, o = pairs[n]
+        if p not in taken and slicks[o].slick_id not in found:
+            found[slicks[o].slick_id] = values[p]
+            taken.add(p)
+    return found
+
+
+def _slick_entries(text: object) -> list[tuple[int, int, float]]:
+    """The (row, col, confidence) of a kept confidence's `"slicks"`, values outside [0, 1]
+    left out; nothing when the text is not that, or an entry is malformed."""
+    if not isinstance(text, str):
+        return []
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    slicks = doc.get("slicks") if isinstance(doc, dict) else None
+    if not isinstance(slicks, list):
+        return []
+    entries = []
+    for entry in slicks:
+        if not isinstance(entry, dict):
+            return []
+        row, col = _index(entry.get("row")), _index(entry.get("col"))
+        value = entry.get("confidence")
+        if (row is None or col is None or not isinstance(value, (int, float))
+                or isinstance(value, bool)):
+            return []
+        if math.isfinite(value) and 0 <= value <= 1:
+            entries.append((row, col, float(value)))
+    return entries
+
+
+def _index(value: object) -> int | None:
+    """A row or column: a non-negative JSON integer, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def build_job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
