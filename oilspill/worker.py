@@ -1,15 +1,17 @@
 """The worker pool: asyncio tasks that claim queued tasks from the store and run them.
 
 Workers take tasks from a small local queue, refilled by one batched claim when it runs
-dry; they sleep on a condition until `notify()` says work arrived or the next retry falls
-due, never polling SQLite in a loop. A semaphore bounds the calls in flight to the ML
-service, the outage gate holds every worker while the service is unreachable, and task ends
-go to the recorder, which writes them in group commits.
+under half full (in the background) or dry; they sleep on a condition until `notify()`
+says work arrived or the next retry falls due, never polling SQLite in a loop. A semaphore
+bounds the calls in flight to the ML service, the outage gate holds every worker while the
+service is unreachable, and task ends go to the recorder, which writes them in group
+commits.
 
-Per image the event loop hands work to a thread twice: once to read the image (its header,
-and its bytes when small), once to keep the answer (classify it, count its slicks, move it
-into place). A scene's units (tiles, its overview, its stitch: see scenes.py) are claimed,
-retried and re-queued the same way; their pixel work runs in threads too.
+Per claim the event loop hands work to a thread once, to read the claimed images (their
+header, and their bytes when small); each answer is handed to the recorder, which keeps it
+(classifies it, counts its slicks, puts it in place) in its batch's own thread hand-off
+while the worker goes on. A scene's units (tiles, its overview, its stitch: see scenes.py)
+are claimed, retried and re-queued the same way; their pixel work runs in threads too.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class WorkerPool:
         self._rng = rng or random.Random()
         self._calls = asyncio.Semaphore(concurrency)
         self._recorder = Recorder(store, max_handed=self._workers)
-        # Claimed tasks waiting for a worker; refilled by one claim of up to `_workers`.
+        # Claimed tasks waiting for a worker; refilled up to `_workers` by one claim.
         self._ready: asyncio.Queue[Unit] = asyncio.Queue()
         self._claiming = asyncio.Lock()
         self._topping: asyncio.Task[None] | None = None  # a claim ahead of need, running
@@ -97,7 +99,7 @@ class WorkerPool:
         self._claimed: dict[str, Unit] = {}
         self._called: set[str] = set()
         # The images of claimed plain tasks, read in one hand-off per claim (by task id):
-        # at most `_workers` of them, each at most INLINE_IMAGE_BYTES.
+        # one per queued unit (at most `_workers`), each at most INLINE_IMAGE_BYTES.
         self._read_ahead: dict[str, ImageRead] = {}
 
     @property
@@ -195,9 +197,9 @@ class WorkerPool:
                 await self._wait_for_work(seen)
 
     async def _claim(self) -> list[Unit]:
-        """One batched claim into the local queue, the plain tasks' images read with it (one
-        hand-off to a thread); hold `_claiming`."""
-        claimed = await self._store.claim_units(self._workers)
+        """One batched claim that fills the local queue up to `_workers` units, the plain
+        tasks' images read with it (one hand-off to a thread); hold `_claiming`."""
+        claimed = await self._store.claim_units(self._workers - self._ready.qsize())
         plain = [u for u in claimed if isinstance(u, Task)]
         if plain:
             self._read_ahead.update(await asyncio.to_thread(

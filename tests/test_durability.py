@@ -82,9 +82,10 @@ async def test_kill_9_at_three_moments_loses_and_duplicates_nothing(stack_factor
     assert leftovers(h.data_dir) == []
     retried = total_attempts(h.data_dir) - IMAGES
     print(f"kill test: lost 0, duplicated 0, retried {retried}")
-    # At most the tasks claimed at the mid-processing kill: the 8 workers' (2 x C, C=4)
-    # and one batch of 8 claimed ahead for them.
-    assert retried <= 16
+    # At most the tasks claimed at the mid-processing kill: the 8 workers' (2 x C, C=4),
+    # the ends they handed to the recorder and it had not committed (at most one per
+    # worker) and the local queue claimed ahead for them (filled up to 8).
+    assert retried <= 24
 
 
 FAULT_SETTINGS = {"OILSPILL_ML_MAX_ATTEMPTS": "12", "OILSPILL_ML_RETRY_BASE_S": "0.02",
