@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -302,3 +303,115 @@ async def test_a_deleted_jobs_removed_files_do_not_fail_other_tasks_ends(
     await asyncio.wait_for(earlier, TIMEOUT_S)
     await asyncio.wait_for(other, TIMEOUT_S)  # today: FileNotFoundError for the gone folder
     assert await statuses(store, [kept]) == [TaskStatus.FAILED]
+
+
+# --- answers handed over: kept in the batch's thread, the worker not waiting -------------
+
+class Heard:
+    """What a handed-over end's `then` heard, in order."""
+
+    def __init__(self) -> None:
+        self.ends: list[TaskDone | TaskFailure] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, end: TaskDone | TaskFailure) -> None:
+        self.ends.append(end)
+        self.changed.set()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.ends) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), TIMEOUT_S)
+
+
+async def test_a_handed_over_answer_is_kept_in_a_thread_and_recorded_done(
+        store, recorder, tmp_path):
+    [task] = await running_tasks(store, 1)
+    mask = tmp_path / "masks" / "000000.png"
+    kept_in: list[str] = []
+
+    def keep() -> tuple[TaskOutcome, list[Path]]:
+        kept_in.append(threading.current_thread().name)
+        result_file(mask.parent)
+        return outcome(), [mask]
+
+    heard = Heard()
+    await asyncio.wait_for(recorder.hand_over(task.id, keep, heard), TIMEOUT_S)
+    await heard.wait_for(1)
+    assert heard.ends == [TaskDone(task.id, outcome())]
+    assert kept_in and kept_in[0] != "MainThread"  # not on the event loop
+    row = await store.get_task(task.id)
+    assert (row.status, row.result_name, row.oil_pixels) == (TaskStatus.DONE, "000000.png", 300)
+
+
+async def test_hand_over_returns_before_the_commit(store, recorder, tmp_path):
+    [task] = await running_tasks(store, 1)
+    store.hold = asyncio.Event()
+    mask = result_file(tmp_path / "masks")
+    heard = Heard()
+    await asyncio.wait_for(recorder.hand_over(task.id, lambda: (outcome(), [mask]), heard),
+                           TIMEOUT_S)
+    await asyncio.wait_for(store.entered.wait(), TIMEOUT_S)
+    assert heard.ends == [] and await statuses(store, [task]) == [TaskStatus.RUNNING]
+    store.hold.set()
+    await heard.wait_for(1)
+    assert await statuses(store, [task]) == [TaskStatus.DONE]
+
+
+async def test_an_answer_that_is_no_image_or_a_bug_in_keeping_fails_only_its_task(
+        store, recorder, tmp_path):
+    bad, buggy, good = await running_tasks(store, 3)
+    mask = result_file(tmp_path / "masks")
+
+    def broken() -> tuple[TaskOutcome, list[Path]]:
+        raise ValueError("a bug")
+
+    heard = Heard()
+    store.hold = asyncio.Event()  # all three in one batch
+    for task, keep in [(bad, lambda: TaskFailure(bad.id, "not an image", 64, 48)),
+                       (buggy, broken), (good, lambda: (outcome(), [mask]))]:
+        await recorder.hand_over(task.id, keep, heard)
+    store.hold.set()
+    await heard.wait_for(3)
+    assert await statuses(store, [bad, buggy, good]) == [
+        TaskStatus.FAILED, TaskStatus.FAILED, TaskStatus.DONE]
+    assert (await store.get_task(bad.id)).error == "not an image"
+    error = (await store.get_task(buggy.id)).error or ""
+    assert error.startswith("internal error (ValueError)") and buggy.id in error
+
+
+async def test_at_most_max_handed_ends_wait_then_the_next_waits_for_room(store, tmp_path):
+    recorder = Recorder(store, max_handed=2)
+    recorder.start()
+    try:
+        tasks = await running_tasks(store, 3)
+        store.hold = asyncio.Event()
+        mask = result_file(tmp_path / "masks")
+        heard = Heard()
+        for task in tasks[:2]:
+            await asyncio.wait_for(
+                recorder.hand_over(task.id, lambda: (outcome(), [mask]), heard), TIMEOUT_S)
+        third = asyncio.create_task(
+            recorder.hand_over(tasks[2].id, lambda: (outcome(), [mask]), heard))
+        await asyncio.wait_for(store.entered.wait(), TIMEOUT_S)
+        await asyncio.sleep(0.05)
+        assert not third.done()  # two wait already: no room
+        store.hold.set()
+        await asyncio.wait_for(third, TIMEOUT_S)
+        await heard.wait_for(3)
+        assert await statuses(store, tasks) == [TaskStatus.DONE] * 3
+    finally:
+        await asyncio.wait_for(recorder.close(), TIMEOUT_S)
+
+
+async def test_close_keeps_and_records_the_answers_still_handed_over(store, tmp_path):
+    recorder = Recorder(store)
+    recorder.start()
+    tasks = await running_tasks(store, 4)
+    mask = result_file(tmp_path / "masks")
+    heard = Heard()
+    for task in tasks:
+        await recorder.hand_over(task.id, lambda: (outcome(), [mask]), heard)
+    await asyncio.wait_for(recorder.close(), TIMEOUT_S)
+    assert await statuses(store, tasks) == [TaskStatus.DONE] * 4
+    assert len(heard.ends) == 4
