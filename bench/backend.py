@@ -34,7 +34,14 @@ import aiohttp
 from ml_stub.scenes import scene_png
 from oilspill.metrics import Metrics
 from oilspill.ml_client import MLClient
-from tests.procs import Process, free_port, server_process, stub_process, wait_http
+from tests.procs import (
+    Process,
+    free_port,
+    server_process,
+    stub_process,
+    wait_http,
+    wait_settled,
+)
 
 OUT = Path(__file__).with_name("results.json")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -264,6 +271,7 @@ async def upload_memory_run(workdir: Path, total_bytes: int) -> dict[str, Any]:
     async with Stack(workdir, 0, 4, {"OILSPILL_MAX_UPLOAD_BYTES": str(total_bytes * 2),
                                      "OILSPILL_MAX_UNPACKED_BYTES": str(total_bytes * 2)}
                      ) as stack:
+        await wait_settled(stack.base)  # the libraries it loads after start-up are in
         before = rss_bytes(stack.pid)
         peak = [before]
         done = threading.Event()

@@ -26,7 +26,6 @@ from PIL import Image, PngImagePlugin
 from rasterio.features import rasterize
 from rasterio.transform import Affine
 from rasterio.windows import Window
-from scipy import ndimage
 
 from .geo.geojson import PIXEL, feature_collection, merge_collections, write_geojson
 from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to_lonlat
@@ -108,6 +107,7 @@ def mask_confidence(mask_path: Path, slicks: Sequence[PixelSlick]) -> dict[int, 
         return {}
     if band.ndim != 2:
         return {}
+    from scipy import ndimage  # loaded on first use: 0.2 s of start-up
     labels, _ = ndimage.label(band >= OIL_LEVEL, structure=_EIGHT_NEIGHBOURS)
     sizes = np.bincount(labels.ravel())
     height, width = labels.shape

@@ -162,6 +162,16 @@ async def wait_http(url: str, proc: Process, timeout_s: float = 30,
         await poll(answered, f"{url} to answer", timeout_s, interval_s)
 
 
+async def wait_settled(base: str, timeout_s: float = 30) -> None:
+    """Until the server says the libraries it loads after start-up are in: what an idle
+    server holds, before a memory measure starts from it."""
+    async with aiohttp.ClientSession() as session:
+        async def loaded() -> bool | None:
+            async with session.get(f"{base}/healthz") as resp:
+                return True if (await resp.json()).get("libraries_loaded") else None
+        await poll(loaded, "the server's libraries to load", timeout_s)
+
+
 class Api:
     """Just enough of a client for the tests, against a server that may go away."""
 

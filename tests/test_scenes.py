@@ -52,7 +52,7 @@ from .georef import (
     write_by_strips,
     write_tif,
 )
-from .procs import Api, poll
+from .procs import Api, poll, wait_settled
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -660,6 +660,7 @@ async def test_the_servers_memory_stays_bounded_on_a_scene(stack_factory, tmp_pa
     stack = await stack_factory(["--mode", "ready"], OILSPILL_LOG_LEVEL="WARNING")
     assert stack.server and stack.server.proc
     pid = stack.server.proc.pid
+    await wait_settled(stack.base)  # what an idle server holds, libraries loaded
     idle_kib = status_kib(pid, "VmRSS")
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:

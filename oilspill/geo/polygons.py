@@ -40,8 +40,6 @@ from rasterio.control import GroundControlPoint
 from rasterio.features import shapes
 from rasterio.transform import Affine, AffineTransformer, GCPTransformer
 from rasterio.windows import Window
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon
 
 from ..masks import OIL_LEVEL
@@ -223,6 +221,9 @@ class _Joiner:
         # Graph nodes: 0..old-1 the open groups, old.. this block's pieces.
         ends = (np.array([self.edge[j][1] for j in pairs[1]], np.intp),
                 np.array([old + heads[i] for i in pairs[0]], np.intp))
+        # scipy is loaded on first use: it costs 0.2 s of start-up
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
         graph = coo_matrix((np.ones(len(ends[0]), np.int8), ends), shape=(nodes, nodes))
         count, label = connected_components(graph, directed=False)
         merged = [_Group() for _ in range(count)]

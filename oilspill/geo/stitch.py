@@ -39,9 +39,6 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..masks import OIL_LEVEL
 from ..names import plain_message
@@ -266,6 +263,7 @@ def large_components(overview: Path, width: int, height: int, large_px: int) -> 
     if large_px < 1:
         raise ValueError("an overview mask needs large_px >= 1")
     oil = _read_mask(overview, None) >= OIL_LEVEL
+    from scipy import ndimage  # loaded on first use: 0.2 s of start-up
     labels, count = ndimage.label(oil, structure=_EIGHT)
     scale_y, scale_x = height / oil.shape[0], width / oil.shape[1]
     keep = np.zeros(count + 1, bool)
@@ -353,6 +351,9 @@ class _StripComponents:
     def add(self, oil: np.ndarray) -> None:
         """Take the next strip of rows (bool, this width)."""
         # Labelled as uint8: the same components, faster than as bool.
+        from scipy import ndimage  # loaded on first use: see large_components
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
         labels, new = ndimage.label(oil.view(np.uint8), structure=_EIGHT)
         old = len(self.open_sizes)
         if old + new == 0:

@@ -362,4 +362,5 @@ async def healthz(request: web.Request) -> web.Response:
         "ml_service": "reachable" if reachable else "unreachable",
         "ml_service_url": request.app[keys.ML_CLIENT].base_url,
         "ml_endpoints": request.app[keys.ML_CLIENT].stats(),
-        "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2)})
+        "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2),
+        "libraries_loaded": request.app[keys.LIBRARIES_LOADED].is_set()})

@@ -3,7 +3,9 @@
 Each resource is one `cleanup_ctx` generator, set up before its `yield` and torn down after
 it, in reverse order: the event-loop lag monitor, the data dir, the database (with crash
 recovery and the result builder), the HTTP session and the ML tier (every endpoint of
-ML_SERVICE_URL), the worker pool, the cleanup scheduler. Process-wide settings (Pillow's
+ML_SERVICE_URL), the worker pool, the cleanup scheduler; and, in a thread once it is up,
+the libraries loaded on first use (scipy: 0.2 s that start-up does not wait for).
+Process-wide settings (Pillow's
 pixel guard, warning filters) are set here too, so tests, the demo and `oilspill serve` run
 alike.
 """
@@ -11,6 +13,7 @@ alike.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import random
 import warnings
@@ -51,6 +54,24 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
     monitor.start()
     yield
     await monitor.stop()
+
+
+# Loaded where they are used, so that the API answers sooner after start; loaded here in a
+# thread meanwhile, so that the first job does not wait for them either.
+DEFERRED_IMPORTS = ("scipy.ndimage", "scipy.sparse.csgraph")
+
+
+def _load_deferred() -> None:
+    for name in DEFERRED_IMPORTS:
+        importlib.import_module(name)
+
+
+async def _deferred_imports(app: web.Application) -> AsyncIterator[None]:
+    loaded = app[keys.LIBRARIES_LOADED]
+    loading = asyncio.ensure_future(asyncio.to_thread(_load_deferred))
+    loading.add_done_callback(lambda _: loaded.set())
+    yield
+    await loading  # a thread cannot be cancelled: let it end before the loop does
 
 
 async def _data_dir(app: web.Application) -> AsyncIterator[None]:
@@ -153,6 +174,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
     app[keys.DRAINING] = asyncio.Event()
+    app[keys.LIBRARIES_LOADED] = asyncio.Event()
     app[keys.ACTIVE_UPLOADS] = set()
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_data_dir)
@@ -161,6 +183,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_ml_client)
     app.cleanup_ctx.append(_worker_pool)
     app.cleanup_ctx.append(_cleanup)
+    app.cleanup_ctx.append(_deferred_imports)
     app.on_shutdown.append(_start_draining)
     _routes(app)
     return app
