@@ -88,13 +88,18 @@ def ready_mask(width: int, height: int) -> bytes:
     return encode_png(Image.fromarray((band * 255).astype(np.uint8), mode="L"))
 
 
-def _ready(data: bytes) -> tuple[bytes, str]:
+def picture_size(data: bytes) -> tuple[int, int]:
+    """An encoded picture's (width, height) from its header (nothing is decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:  # the header only: no decoding
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
     except (OSError, ValueError) as exc:
         raise NotAnImage(f"cannot read image: {exc}") from None
-    return ready_mask(width, height), "image/png"
+    return width, height
+
+
+def _ready(data: bytes) -> tuple[bytes, str]:
+    return ready_mask(*picture_size(data)), "image/png"
 
 
 async def segment(request: web.Request) -> web.Response:

@@ -45,8 +45,14 @@ from aiohttp import web
 from PIL import Image
 from scipy import ndimage
 
-from .app import OPTIONS, StubOptions, injected_failure, ready_mask
-from .detector import detect_batch
+from .app import (
+    OPTIONS,
+    StubOptions,
+    injected_failure,
+    picture_size,
+    ready_mask,
+)
+from .detector import NotAnImage, detect_batch
 
 MODEL_NAME = "oilspill-detector"
 MODEL_VERSION = "1"
@@ -269,11 +275,9 @@ def _ready_array(width: int, height: int) -> np.ndarray:
 
 def _picture_size(data: bytes) -> tuple[int, int]:
     try:
-        with Image.open(io.BytesIO(data)) as image:  # the header only: no decoding
-            width, height = image.size
-    except (OSError, ValueError) as exc:
-        raise BadRequest(f"cannot read image: {exc}") from None
-    return width, height
+        return picture_size(data)
+    except NotAnImage as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _one_size(sizes: list[tuple[int, int]]) -> None:

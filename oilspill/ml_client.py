@@ -95,8 +95,10 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _error_text(body: bytes) -> str:
-    """The service's message in an error answer, as it is (for the log)."""
+def error_text(body: bytes) -> str:
+    """The service's message in an error answer, as it is (for the log): the contract's
+    `{"error": {"message": ...}}`, OIP's `{"error": "..."}`, FastAPI's `{"detail": ...}`,
+    else the text."""
     text = body.decode("utf-8", "replace").strip()
     try:
         data = json.loads(text)
@@ -106,7 +108,9 @@ def _error_text(body: bytes) -> str:
         error = data.get("error")
         if isinstance(error, dict) and "message" in error:
             return str(error["message"])[:500]
-        if "detail" in data:  # FastAPI's shape
+        if isinstance(error, str):
+            return error[:500]
+        if "detail" in data:
             return str(data["detail"])[:500]
     return text[:500]
 
@@ -148,7 +152,7 @@ class MLClient:
         try:
             safe_name = header_filename(filename, content_type)
             body: dict[str, Any]
-            if fh is None and isinstance(image, bytes):
+            if isinstance(image, bytes):
                 data, form_type = multipart_form(image, safe_name, content_type)
                 body = {"data": data, "headers": {"Content-Type": form_type}}
             else:
@@ -181,7 +185,7 @@ class MLClient:
         """The error for a non-200 answer: its message in user's terms, the detail logged."""
         status = resp.status
         body = await resp.content.read(ERROR_TEXT_BYTES)
-        detail = _error_text(body)
+        detail = error_text(body)
         if 300 <= status < 400:
             logger.warning("ML call for %s: redirect %d to %r not followed", filename, status,
                            resp.headers.get("Location", ""))

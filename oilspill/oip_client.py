@@ -45,8 +45,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import oip
 from .geo.scale import grey_png
-from .jobs import ResultKind
-from .masks import Answer, oil_of
+from .masks import Answer, label_slicks, mask_answer, oil_of
 from .metrics import Metrics
 from .ml_client import (
     MLError,
@@ -55,6 +54,7 @@ from .ml_client import (
     MLUnavailable,
     MLUnreachable,
     error_kind,
+    error_text,
     parse_retry_after,
 )
 from .names import plain_message
@@ -68,7 +68,6 @@ CONFIDENCE_KEY = "oilspill-confidence"  # the mask PNG's tEXt chunk holding the 
 MAX_CONFIDENCE_VALUES = 4096  # more (and not one per pixel) is not kept
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
-_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,7 @@ def confidence_text(values: list[float], mask: npt.NDArray[np.uint8]) -> str | N
         return None
     height, width = mask.shape
     if len(values) == height * width:
-        from scipy import ndimage  # loaded on first use: 0.2 s of start-up
-        labels, count = ndimage.label(mask >= 128, structure=_EIGHT_NEIGHBOURS)
+        labels, count = label_slicks(oil_of(mask))
         if not count:
             return json.dumps({"slicks": []})
         flat = labels.ravel()
@@ -265,15 +263,7 @@ def counted_mask(mask: npt.NDArray[np.uint8], text: str | None = None) -> Counte
     """The mask's PNG and its figures: oil pixels, slicks (8-connected), the largest."""
     png = CountedMask(mask_png(mask, text))
     png.size = (mask.shape[1], mask.shape[0])
-    oil = oil_of(mask)
-    oil_pixels = int(np.count_nonzero(oil))
-    if not oil_pixels:
-        png.answer = Answer(ResultKind.MASK, ".png", 0, 0, 0)
-        return png
-    from scipy import ndimage  # loaded on first use: 0.2 s of start-up
-    labels, count = ndimage.label(oil.view(np.uint8), structure=_EIGHT_NEIGHBOURS)
-    largest = int(np.bincount(labels.ravel())[1:].max())
-    png.answer = Answer(ResultKind.MASK, ".png", oil_pixels, int(count), largest)
+    png.answer = mask_answer(oil_of(mask))
     return png
 
 
@@ -445,7 +435,7 @@ class OipClient:
 
     async def _refusal(self, resp: aiohttp.ClientResponse) -> MLError:
         status = resp.status
-        detail = _error_text(await resp.content.read(ERROR_TEXT_BYTES))
+        detail = error_text(await resp.content.read(ERROR_TEXT_BYTES))
         if detail:
             logger.info("ML endpoint %s: answered %d: %s", self._label, status, detail)
         if 300 <= status < 400:
@@ -472,18 +462,3 @@ class OipClient:
     def _too_large(self) -> MLRejected:
         return MLRejected(f"ML service's answer is larger than {self._max_response_bytes} "
                           "bytes (OILSPILL_MAX_ML_RESPONSE_BYTES)")
-
-
-def _error_text(body: bytes) -> str:
-    """The message of an OIP error answer (`{"error": "..."}`), else its text."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:500]
-    if isinstance(data, dict) and "error" in data:
-        error = data["error"]
-        if isinstance(error, dict):
-            error = error.get("message", error)
-        return str(error)[:500]
-    return text[:500]

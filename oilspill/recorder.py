@@ -55,7 +55,8 @@ class _End:
     then: Then | None = None
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -66,9 +67,9 @@ def _fsync(path: Path) -> None:
 def make_durable(files: Sequence[Path]) -> None:
     """fsync each file, then each folder holding one (so their renames are durable)."""
     for path in files:
-        _fsync(path)
+        fsync_path(path)
     for folder in {path.parent for path in files}:
-        _fsync(folder)
+        fsync_path(folder)
 
 
 def _kept(batch: list[_End]) -> list[_End]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .paths import PARTIAL_SUFFIX, UploadPaths, is_id, new_id
+from .recorder import fsync_path
 from .uploads import DiskFull, disk_full_as_error
 
 logger = logging.getLogger(__name__)
@@ -135,14 +136,6 @@ class ResumableUpload:
                 "error": list(self.error) if self.error else None}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_state(paths: UploadPaths, upload: ResumableUpload, folder: Path | None = None
                  ) -> None:
     """Replace state.json atomically and durably (in `folder` while it is being made)."""
@@ -153,7 +146,7 @@ def _write_state(paths: UploadPaths, upload: ResumableUpload, folder: Path | Non
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(partial, target)
-    _fsync_dir(target.parent)
+    fsync_path(target.parent)
 
 
 def _make_folder(paths: UploadPaths, upload: ResumableUpload) -> None:
@@ -165,9 +158,9 @@ def _make_folder(paths: UploadPaths, upload: ResumableUpload) -> None:
         _write_state(paths, upload, partial)
         with open(partial / paths.data.name, "wb") as fh:
             os.fsync(fh.fileno())
-        _fsync_dir(partial)
+        fsync_path(partial)
         os.replace(partial, paths.root)
-        _fsync_dir(paths.uploads_dir)
+        fsync_path(paths.uploads_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -32,7 +32,7 @@ from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to
 from .geo.scale import Stretch
 from .geo.stitch import Georef
 from .jobs import ResultKind, Task
-from .masks import OIL_LEVEL
+from .masks import label_slicks, oil_of
 from .oip_client import CONFIDENCE_KEY
 from .outlines import draw_outlines
 from .paths import JobPaths, partial_beside
@@ -40,7 +40,6 @@ from .paths import JobPaths, partial_beside
 Reader = Callable[[Window, tuple[int, int]], np.ndarray]
 CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
 MATCH_PX = 3.0  # a slick's first pixel (its centre) is at most this far from its outline
-_EIGHT_NEIGHBOURS = np.ones((3, 3), bool)
 
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
@@ -107,8 +106,7 @@ def mask_confidence(mask_path: Path, slicks: Sequence[PixelSlick]) -> dict[int, 
         return {}
     if band.ndim != 2:
         return {}
-    from scipy import ndimage  # loaded on first use: 0.2 s of start-up
-    labels, _ = ndimage.label(band >= OIL_LEVEL, structure=_EIGHT_NEIGHBOURS)
+    labels, _ = label_slicks(oil_of(band))
     sizes = np.bincount(labels.ravel())
     height, width = labels.shape
     points, pixels, values = [], [], []

@@ -174,7 +174,7 @@ async def test_result_files_are_made_durable_before_the_row_says_done(
         store, recorder, tmp_path, db_path, monkeypatch):
     [task] = await running_tasks(store, 1)
     mask = result_file(tmp_path / "jobs" / "j" / "masks")
-    real_fsync = recorder_module._fsync
+    real_fsync = recorder_module.fsync_path
     fsynced: list[tuple[Path, str]] = []  # path, and the task's status at that moment
 
     def spying_fsync(path: Path) -> None:
@@ -185,7 +185,7 @@ async def test_result_files_are_made_durable_before_the_row_says_done(
         fsynced.append((path, status))
         real_fsync(path)
 
-    monkeypatch.setattr(recorder_module, "_fsync", spying_fsync)
+    monkeypatch.setattr(recorder_module, "fsync_path", spying_fsync)
     await asyncio.wait_for(recorder.done(task.id, outcome(), [mask]), TIMEOUT_S)
 
     assert {path for path, _ in fsynced} == {mask, mask.parent}  # the file and its entry

@@ -83,17 +83,26 @@ def report(job: dict[str, Any], found: dict[str, Any] | None, zip_path: Path,
 
 def report_counts(job: dict[str, Any], zip_path: Path, as_json: bool) -> int:
     """The job's own counts, for a zip without a summary."""
+    return _report_job(job, "result", zip_path, "results", {}, [], as_json)
+
+
+def _report_job(job: dict[str, Any], key: str, path: Path, what: str, found: dict[str, Any],
+                lines: list[str], as_json: bool) -> int:
+    """The job's counts and `found` (as JSON, the file under `key`; else `what` is in
+    `path`, then `lines`); a failed image makes the exit code EXIT_FAILURES."""
     code = EXIT_FAILURES if job["failed"] else EXIT_OK
     if as_json:
         print(json.dumps({"job_id": job["job_id"], "status": job["status"],
-                          "result": str(zip_path.resolve()), "tiles": tile_counts(job)[1],
+                          key: str(path.resolve()), "tiles": tile_counts(job)[1],
                           "images": job["total"], "done": job["done"],
-                          "failed": job["failed"]}))
+                          "failed": job["failed"], **found}))
         return code
-    print(f"job {job['job_id']}: results in {zip_path}")
+    print(f"job {job['job_id']}: {what} in {path}")
     print(f"  images               {job['total']}")
     print(f"  done                 {job['done']}")
     print(f"  failed               {job['failed']}")
+    for line in lines:
+        print(line)
     if code:
         print(f"oilspill: {job['failed']} of {job['total']} images failed", file=sys.stderr)
     return code
@@ -114,19 +123,6 @@ def geojson_summary(path: Path) -> dict[str, Any]:
 
 def report_geojson(job: dict[str, Any], found: dict[str, Any], path: Path,
                    as_json: bool) -> int:
-    code = EXIT_FAILURES if job["failed"] else EXIT_OK
-    if as_json:
-        print(json.dumps({"job_id": job["job_id"], "status": job["status"],
-                          "geojson": str(path.resolve()), "tiles": tile_counts(job)[1],
-                          "images": job["total"], "done": job["done"],
-                          "failed": job["failed"], **found}))
-        return code
-    print(f"job {job['job_id']}: slicks in {path}")
-    print(f"  images               {job['total']}")
-    print(f"  done                 {job['done']}")
-    print(f"  failed               {job['failed']}")
-    print(f"  slicks               {found['slicks']}")
-    print(f"  km\u00b2                  {_km2_text(found['total_area_km2'])}")
-    if code:
-        print(f"oilspill: {job['failed']} of {job['total']} images failed", file=sys.stderr)
-    return code
+    return _report_job(job, "geojson", path, "slicks", found, [
+        f"  slicks               {found['slicks']}",
+        f"  km\u00b2                  {_km2_text(found['total_area_km2'])}"], as_json)
