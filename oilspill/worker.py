@@ -88,6 +88,8 @@ class WorkerPool:
         self._ready: asyncio.Queue[Unit] = asyncio.Queue()
         self._claiming = asyncio.Lock()
         self._topping: asyncio.Task[None] | None = None  # a claim ahead of need, running
+        # Jobs deleted while a claim was under way (see abandon_job and _claim).
+        self._abandoned_while_claiming: set[str] = set()
         # A generation counter under a condition: a worker that found no work waits for the
         # counter to move past what it saw before claiming, so no wake-up is ever lost.
         self._arrivals = asyncio.Condition()
@@ -147,6 +149,8 @@ class WorkerPool:
     def abandon_job(self, job_id: str) -> int:
         """Cancel this job's calls in flight and drop its units claimed ahead (its rows are
         gone: they cost no further ML call); return how many calls were cancelled."""
+        if self._claiming.locked():  # a claim under way may bring some of its units
+            self._abandoned_while_claiming.add(job_id)
         units = [unit for unit, _ in self._inflight.values()] + list(self._claimed.values())
         waiting = [self._ready.get_nowait() for _ in range(self._ready.qsize())]
         for unit in waiting:
@@ -196,18 +200,24 @@ class WorkerPool:
             if not claimed:
                 await self._wait_for_work(seen)
 
-    async def _claim(self) -> list[Unit]:
+    async def _claim(self) -> int:
         """One batched claim that fills the local queue up to `_workers` units, the plain
-        tasks' images read with it (one hand-off to a thread); hold `_claiming`."""
-        claimed = await self._store.claim_units(self._workers - self._ready.qsize())
-        plain = [u for u in claimed if isinstance(u, Task)]
-        if plain:
-            self._read_ahead.update(await asyncio.to_thread(
-                _read_images, self._jobs_dir, plain, self._max_image_pixels))
-        for unit in claimed:
+        tasks' images read with it (one hand-off to a thread); hold `_claiming`. Returns how
+        many units the store gave (0: no work due)."""
+        try:
+            claimed = await self._store.claim_units(self._workers - self._ready.qsize())
+            plain = [u for u in claimed if isinstance(u, Task)]
+            reads = (await asyncio.to_thread(_read_images, self._jobs_dir, plain,
+                                             self._max_image_pixels)) if plain else {}
+        finally:
+            abandoned, self._abandoned_while_claiming = self._abandoned_while_claiming, set()
+        # A job deleted while the claim ran: its rows are gone, its units cost no ML call.
+        kept = [u for u in claimed if u.job_id not in abandoned]
+        self._read_ahead.update((u.key, reads[u.key]) for u in kept if u.key in reads)
+        for unit in kept:
             self._claimed[unit.key] = unit
             self._ready.put_nowait(unit)
-        return claimed
+        return len(claimed)
 
     def _top_up(self) -> None:
         if (self._topping is None and not self._claiming.locked() and not self._stopping
