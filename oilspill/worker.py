@@ -138,6 +138,8 @@ class WorkerPool:
         self._loops.clear()
         self._read_ahead.clear()
         await self._recorder.close()
+        for ctx in self._scenes.values():
+            ctx.close()
         await self._gate.close()
         # Units claimed ahead whose work never started did not use an attempt.
         released = await self._store.release_units(
@@ -344,7 +346,8 @@ class WorkerPool:
             return ctx
 
     def _forget_scene(self, task: Task) -> None:
-        self._scenes.pop(task.id, None)
+        if (ctx := self._scenes.pop(task.id, None)) is not None:
+            ctx.close()
         self._scene_locks.pop(task.id, None)
 
     def _end_scene(self, task: Task) -> None:

@@ -24,6 +24,7 @@ from oilspill.geo.scene import (
     EmptyScene,
     NoSuchBand,
     SceneError,
+    SceneReader,
     SceneTooLarge,
     Survey,
     UnreadableScene,
@@ -453,3 +454,30 @@ def test_the_survey_keeps_the_overviews_pixels(border_scene: tuple[Path, Any, An
     np.testing.assert_array_equal(again.overview, survey.overview)
     with pytest.raises(ValueError, match="no overview"):
         overview_raw(info, survey_scene(path, info))
+
+
+def test_one_reader_serves_many_threads_at_once_and_after_it_is_closed(
+        border_scene: tuple[Path, Any, Any, Any]) -> None:
+    """The worker reads a scene's tiles from several threads through one SceneReader (its
+    handles kept open between tiles): every window is the scene's own pixels, whichever
+    thread and handle read it, and a read after close() still works (a tile in flight when
+    its scene ended)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, data = border_scene[0], border_scene[1]
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    survey = survey_scene(path, info)
+    windows = [(col, row, 97, 61) for row in range(0, H - 61, 29) for col in range(0, W - 97, 83)]
+    reader = SceneReader(path, info)
+
+    def read(window: tuple[int, int, int, int]) -> bool:
+        raw, valid = reader.read_raw(window, survey)
+        col, row, width, height = window
+        want_raw, want_valid = read_raw(path, info, window, survey)
+        return bool(np.array_equal(raw, data[row:row + height, col:col + width])
+                    and np.array_equal(valid, want_valid))
+
+    with ThreadPoolExecutor(6) as pool:
+        assert all(pool.map(read, windows * 3))
+    reader.close()
+    assert read(windows[-1])

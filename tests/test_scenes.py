@@ -722,3 +722,32 @@ async def test_a_scene_whose_tiles_fail_fails_cleanly_and_leaves_no_working_file
     async def cleaned() -> bool | None:
         return True if not any(scenes.iterdir()) else None
     await poll(cleaned, "the failed scene's working folder to go", 30)
+
+
+async def test_a_tile_mask_whose_pixels_do_not_decode_fails_the_scene_with_why(
+        aiohttp_client, aiohttp_server, settings, tmp_path):
+    """An ML service whose masks have the right header but pixel data cut short: the scene
+    fails with that reason, not an internal error and not a mask of garbage."""
+    path, _, _, _ = border_scene(tmp_path)
+
+    async def cut_mask(request: web.Request) -> web.Response:
+        form = await request.post()
+        field = form["file"]
+        assert isinstance(field, web.FileField)
+        with Image.open(field.file) as image:
+            size = image.size
+        noisy = np.random.default_rng(0).integers(0, 2, (size[1], size[0]), np.uint8) * 255
+        out = io.BytesIO()
+        Image.fromarray(noisy, mode="L").save(out, format="PNG")
+        return web.Response(body=out.getvalue()[:len(out.getvalue()) // 2],
+                            content_type="image/png")
+
+    app = web.Application()
+    app.router.add_post("/segment", cut_mask)
+    ml = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    client = await scene_client(aiohttp_client, settings.with_changes(
+        ml_service_url=ml, data_dir=tmp_path / "data"))
+    done = await run(client, path.read_bytes())
+    assert (done.job["done"], done.job["failed"]) == (0, 1), done.job
+    assert "cannot be decoded" in done.task["error"], done.task["error"]
+    assert "internal error" not in done.task["error"]

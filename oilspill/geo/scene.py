@@ -13,6 +13,7 @@ and blocks over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
 from __future__ import annotations
 
 import math
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -429,20 +430,71 @@ def _read(src: DatasetReader, info: SceneInfo, window: Window,
     return raw
 
 
+class SceneReader:
+    """Open handles on one scene's file for reading windows from several threads: a GDAL
+    dataset is not thread-safe, so each read takes a handle no other thread holds (opened
+    when none is free; as many as threads read at once), and gives it back. Opening a
+    scene with a grid of GCPs costs more than reading a tile of it. close() closes the
+    free handles, and a handle given back after it."""
+
+    def __init__(self, path: Path, info: SceneInfo) -> None:
+        self.path, self.info = path, info
+        self._free: list[DatasetReader] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def _handle(self) -> Iterator[DatasetReader]:
+        with self._lock:
+            src = self._free.pop() if self._free else None
+        with rasterio.Env(**GDAL_OPTIONS):
+            if src is None:
+                src = rasterio.open(self.path, driver=self.info.driver, OVERVIEW_LEVEL="NONE")
+            try:
+                yield src
+            finally:
+                with self._lock:
+                    keep = not self._closed
+                    if keep:
+                        self._free.append(src)
+                if not keep:
+                    src.close()
+
+    def read_raw(self, window: WindowLike, survey: Survey,
+                 out_shape: tuple[int, int] | None = None
+                 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
+        """A window's raw values (nearest to out_shape) and its valid mask."""
+        info = self.info
+        if (survey.width, survey.height) != (info.width, info.height):
+            raise ValueError("the survey is of another scene")
+        col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
+        rows_n, cols_n = out_shape or (height, width)
+        if rows_n < 1 or cols_n < 1:
+            raise ValueError(f"out_shape {out_shape} is empty")
+        with self._handle() as src:
+            raw = _read(src, info, Window(col_off, row_off, width, height), (rows_n, cols_n))
+        valid = survey.valid_mask((col_off, row_off, width, height), (rows_n, cols_n))
+        return raw, _and_usable(valid, raw, info.nodata)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        with rasterio.Env(**GDAL_OPTIONS):
+            for src in free:
+                src.close()
+
+
 def read_raw(path: Path, info: SceneInfo, window: WindowLike, survey: Survey,
              out_shape: tuple[int, int] | None = None
              ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
-    """A window's raw values (nearest to out_shape) and its valid mask."""
-    if (survey.width, survey.height) != (info.width, info.height):
-        raise ValueError("the survey is of another scene")
-    col_off, row_off, width, height = _window_tuple(window, info.width, info.height)
-    rows_n, cols_n = out_shape or (height, width)
-    if rows_n < 1 or cols_n < 1:
-        raise ValueError(f"out_shape {out_shape} is empty")
-    with _open(path, info.driver) as src:
-        raw = _read(src, info, Window(col_off, row_off, width, height), (rows_n, cols_n))
-    valid = survey.valid_mask((col_off, row_off, width, height), (rows_n, cols_n))
-    return raw, _and_usable(valid, raw, info.nodata)
+    """A window's raw values (nearest to out_shape) and its valid mask (the file opened
+    for this read only)."""
+    reader = SceneReader(path, info)
+    try:
+        return reader.read_raw(window, survey, out_shape)
+    finally:
+        reader.close()
 
 
 def overview_raw(info: SceneInfo, survey: Survey

