@@ -473,7 +473,7 @@ def test_one_reader_serves_many_threads_at_once_and_after_it_is_closed(
     def read(window: tuple[int, int, int, int]) -> bool:
         raw, valid = reader.read_raw(window, survey)
         col, row, width, height = window
-        want_raw, want_valid = read_raw(path, info, window, survey)
+        _, want_valid = read_raw(path, info, window, survey)
         return bool(np.array_equal(raw, data[row:row + height, col:col + width])
                     and np.array_equal(valid, want_valid))
 
