@@ -40,7 +40,6 @@ from tests.procs import (
     server_process,
     stub_process,
     wait_http,
-    wait_settled,
 )
 
 OUT = Path(__file__).with_name("results.json")
@@ -271,7 +270,6 @@ async def upload_memory_run(workdir: Path, total_bytes: int) -> dict[str, Any]:
     async with Stack(workdir, 0, 4, {"OILSPILL_MAX_UPLOAD_BYTES": str(total_bytes * 2),
                                      "OILSPILL_MAX_UNPACKED_BYTES": str(total_bytes * 2)}
                      ) as stack:
-        await wait_settled(stack.base)  # the libraries it loads after start-up are in
         before = rss_bytes(stack.pid)
         peak = [before]
         done = threading.Event()

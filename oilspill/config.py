@@ -331,3 +331,20 @@ def settings_table() -> str:
             shown = f"`{shown}`" if shown else "*(empty)*"
             rows.append(f"| `{name}` | {shown} | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """The settings a scene's work depends on (see scenes.py), from the service's."""
+
+    tile_px: int
+    overlap_px: int
+    band: int
+    max_pixels: int
+    overlay_max_px: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> SceneSettings:
+        return cls(tile_px=settings.tile_px, overlap_px=settings.tile_overlap_px,
+                   band=settings.scene_band, max_pixels=settings.max_scene_pixels,
+                   overlay_max_px=settings.overlay_max_px)

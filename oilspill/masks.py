@@ -14,21 +14,21 @@ Blocking: run in a thread.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import rasterio
 from PIL import Image, UnidentifiedImageError
-from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioError
-from rasterio.io import DatasetReader
 
 from .geo import GDAL_OPTIONS
+
+if TYPE_CHECKING:
+    from rasterio.io import DatasetReader
 from .jobs import ResultKind
 from .names import plain_message
 
@@ -99,10 +99,19 @@ def oil_of(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask >= OIL_LEVEL)
 
 
+LABELLING = "scipy.ndimage"  # 0.2 s and 17 MiB: loaded when work first comes (load_labelling)
+
+
+def load_labelling() -> None:
+    """Import the labelling every mask answer needs. Blocking: run in a thread, beside the
+    first upload, so that neither start-up nor an idle server pays for it."""
+    importlib.import_module(LABELLING)
+
+
 def label_slicks(oil: np.ndarray) -> tuple[np.ndarray, int]:
     """The slicks of a bool oil array: each pixel's slick number (0: sea) and how many,
     8-connected (a slick touching another only at a corner is one slick)."""
-    from scipy import ndimage  # loaded on first use: 0.2 s of start-up
+    from scipy import ndimage  # see load_labelling
 
     # Labelled as uint8: the same components, a third faster than as bool.
     labels, count = ndimage.label(oil.view(np.uint8), structure=_EIGHT_NEIGHBOURS)
@@ -229,6 +238,8 @@ def read_grey(src: DatasetReader, shape: tuple[int, int]) -> np.ndarray:
     never on the picture's size. Every kind: palette, 1/2/4-bit, grey (+ alpha), RGB(A),
     CMYK JPEG (GDAL gives RGB), 16-bit, 32-bit and float. 8-bit grey is shown as it is;
     deeper values are stretched between their 1st and 99th percentiles."""
+    from rasterio.enums import ColorInterp, Resampling  # GDAL: loaded by the first overlay
+
     interp = src.colorinterp
     if interp[0] is ColorInterp.palette:
         index = src.read(1, out_shape=shape, resampling=Resampling.nearest)
@@ -258,6 +269,8 @@ def read_grey(src: DatasetReader, shape: tuple[int, int]) -> np.ndarray:
 
 def read_oil(src: DatasetReader, shape: tuple[int, int]) -> np.ndarray:
     """The oil (bool) of a mask of `shape` (rows, cols), decimated to the nearest pixel."""
+    from rasterio.enums import Resampling
+
     values = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     nbits = _nbits(src)
     if src.dtypes[0] == "uint8" and nbits < 8:  # a 1-bit mask: 1 is oil
@@ -274,6 +287,9 @@ class _Unreadable(Exception):
 
 def _open_picture(path: Path) -> DatasetReader:
     """The image, opened by the first of PICTURE_DRIVERS that reads its header."""
+    import rasterio
+    from rasterio.errors import RasterioError
+
     for driver in PICTURE_DRIVERS:
         try:
             return rasterio.open(path, driver=driver)
@@ -285,6 +301,9 @@ def _open_picture(path: Path) -> DatasetReader:
 def _read_inputs(image_path: Path, mask_path: Path, max_px: int
                  ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """(grey, oil, the mask's (width, height)) at the overlay's size."""
+    import rasterio  # GDAL, and rasterio's own start: loaded by the first overlay drawn
+    from rasterio.errors import RasterioError
+
     with rasterio.Env(**GDAL_OPTIONS):
         try:
             with _open_picture(image_path) as src:
@@ -314,9 +333,12 @@ def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, partial: P
         if not path.is_file():
             raise FileNotFoundError(f"{path.name} is gone")
     out_path.parent.mkdir(exist_ok=True)
-    # Imported here: geo/ reads this module's OIL_LEVEL.
+    # Imported here: geo/ reads this module's OIL_LEVEL, and GDAL loads with the first
+    # overlay drawn.
+    from rasterio.errors import RasterioError
+
+    from .geo.errors import BadMask
     from .geo.polygons import slick_polygons
-    from .geo.stitch import BadMask
     from .outlines import draw_outlines
 
     try:

@@ -27,7 +27,6 @@ from .jobs import ResultKind, Task
 from .masks import UnreadableImage, ensure_overlay
 from .names import zip_names
 from .paths import ARCHIVE_PARTS, PARTIAL_SUFFIX, JobPaths, archive_name
-from .spills import build_job_spills, ensure_task_spills
 from .store import NotFound, Store
 
 logger = logging.getLogger(__name__)
@@ -296,7 +295,7 @@ def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | 
     # An image's own slicks sit beside its mask; spills.geojson holds them all anyway.
     if (spills := _spills_entry(task, stem)) and {"spills", "masks"} <= parts:
         try:
-            zf.write(ensure_task_spills(paths, task), spills)
+            zf.write(task_spills(paths, task), spills)
         except Exception:
             logger.exception("job %s task %s: slicks left out of the zip", task.job_id, task.id)
             notes.append(f"{spills}: its slicks could not be read from the mask (the server "
@@ -331,7 +330,7 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int
             _write_extras(zf, paths, task, stems.get(task.id), draw, left_out, notes, parts)
         if "spills" in parts:
             try:
-                zf.write(build_job_spills(paths, tasks), "spills.geojson")
+                zf.write(job_spills(paths, tasks), "spills.geojson")
             except Exception:
                 logger.exception("job %s: spills.geojson left out of the zip", paths.job_id)
                 notes.append("spills.geojson: the job's slicks could not be gathered (the "
@@ -392,7 +391,7 @@ class ResultArchives:
                 if not paths.job_spills.is_file():
                     tasks = await self._store.list_tasks(job_id)
                     try:
-                        await asyncio.to_thread(build_job_spills, paths, tasks)
+                        await asyncio.to_thread(job_spills, paths, tasks)
                     except Exception:
                         await self._unless_deleted(paths)
                         raise
@@ -450,3 +449,19 @@ class ResultArchives:
         except NotFound:
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             raise
+
+
+# GeoJSON needs the geometry libraries (GDAL, shapely, pyproj): imported by the first call, in
+# the thread that builds it, so that a server whose results nobody asks as GeoJSON never
+# loads them and the event loop never waits for them.
+
+def task_spills(paths: JobPaths, task: Task) -> Path:
+    """A done task's GeoJSON file (see spills.ensure_task_spills). Blocking."""
+    from .spills import ensure_task_spills
+    return ensure_task_spills(paths, task)
+
+
+def job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
+    """A finished job's spills.geojson (see spills.build_job_spills). Blocking."""
+    from .spills import build_job_spills
+    return build_job_spills(paths, tasks)

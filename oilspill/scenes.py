@@ -33,7 +33,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from .config import Settings
+from .config import SceneSettings as SceneSettings
 from .geo import GDAL_OPTIONS
 from .geo.draft import Draft
 from .geo.quicklook import render_quicklook
@@ -61,23 +61,6 @@ from .spills import scene_spills
 MASK_EXTENSION = ".tif"
 _PICTURE_DRIVERS = ("PNG", "JPEG")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class SceneSettings:
-    """The settings a scene's work depends on (see config.py)."""
-
-    tile_px: int
-    overlap_px: int
-    band: int
-    max_pixels: int
-    overlay_max_px: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> SceneSettings:
-        return cls(tile_px=settings.tile_px, overlap_px=settings.tile_overlap_px,
-                   band=settings.scene_band, max_pixels=settings.max_scene_pixels,
-                   overlay_max_px=settings.overlay_max_px)
 
 
 @dataclass(frozen=True)

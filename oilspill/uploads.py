@@ -11,17 +11,19 @@ import errno
 import logging
 import os
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiofiles
+from PIL import Image, UnidentifiedImageError
 
-from .config import Settings
-from .geo.scene import SceneError
+from .config import SceneSettings, Settings
+from .geo.errors import SceneError
 from .jobs import NewTask, NewTile
+from .masks import LABELLING, load_labelling
 from .paths import JobPaths, new_id, new_user_hash, stored_image_name
-from .scenes import SceneSettings, picture_as_scene, plan_units
 from .store import Store
 from .unpack import (
     ZIP_MAGIC,
@@ -118,8 +120,11 @@ def _new_tasks(paths: JobPaths, settings: Settings, unpacked: Unpacked, bare: bo
         scene_settings = SceneSettings.of(settings)
         try:
             if image.content_type == "image/tiff":
+                from .scenes import plan_units  # GDAL & co, loaded by the first scene
                 units = plan_units(paths.image(image.stored_name), scene_settings)
-            elif image.content_type in ("image/png", "image/jpeg"):
+            elif image.content_type in ("image/png", "image/jpeg") and not _fits_one_tile(
+                    paths.image(image.stored_name), settings.tile_px):
+                from .scenes import picture_as_scene
                 units = picture_as_scene(paths, image.stored_name, scene_settings)
         except SceneError as exc:
             if bare:
@@ -129,6 +134,18 @@ def _new_tasks(paths: JobPaths, settings: Settings, unpacked: Unpacked, bare: bo
                              stored_name=image.stored_name, content_type=image.content_type,
                              tiles=units, error=error))
     return tasks
+
+
+def _fits_one_tile(path: Path, tile_px: int) -> bool:
+    """True when a picture's header (read by Pillow, no pixel decoded) gives a size within
+    one tile: it is sent whole, and a server that only ever sees such pictures never loads
+    the raster libraries. False when Pillow cannot tell: the scene code decides then."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return width <= tile_px and height <= tile_px
 
 
 def _prepare(paths: JobPaths, settings: Settings, upload_name: str
@@ -156,12 +173,15 @@ class IncomingUpload:
         self.received_bytes = 0
         self._paths = JobPaths(settings.jobs_dir, self.job_id)
         self._committed = False
+        self._loading: asyncio.Future[None] | None = None
 
     async def __aenter__(self) -> IncomingUpload:
         free = (await asyncio.to_thread(shutil.disk_usage, self._settings.data_dir)).free
         if free - self._expected_bytes < self._settings.min_free_bytes:
             raise DiskFull(f"the server has {free} bytes free, and keeps at least "
                            f"{self._settings.min_free_bytes} free (OILSPILL_MIN_FREE_BYTES)")
+        if LABELLING not in sys.modules:  # work has come: load what answers need, meanwhile
+            self._loading = asyncio.ensure_future(asyncio.to_thread(load_labelling))
         # Registered first: the orphan sweep leaves a folder alone while its upload arrives.
         self._active.add(self.job_id)
         await asyncio.to_thread(self._paths.root.mkdir, parents=True)

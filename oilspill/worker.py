@@ -25,9 +25,10 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .geo.scene import SceneError
-from .geo.stitch import BadMask
+from .config import SceneSettings
+from .geo.errors import BadMask, SceneError
 from .jobs import RetryPolicy, Task, TaskDone, TaskFailure, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, probe_image, read_answer
 from .metrics import Metrics
@@ -37,16 +38,10 @@ from .oip_client import CountedMask
 from .outage import OutageGate
 from .paths import JobPaths, result_name
 from .recorder import Recorder
-from .scenes import (
-    SceneContext,
-    SceneSettings,
-    drop_work,
-    finish_scene,
-    keep_unit_mask,
-    open_scene,
-    read_unit,
-)
 from .store import Store
+
+if TYPE_CHECKING:
+    from .scenes import SceneContext
 
 Unit = Task | TileUnit
 
@@ -337,7 +332,7 @@ class WorkerPool:
             return ctx
         async with self._scene_locks.setdefault(task.id, asyncio.Lock()):
             if (ctx := self._scenes.get(task.id)) is None:
-                ctx = await asyncio.to_thread(open_scene, JobPaths(self._jobs_dir, task.job_id),
+                ctx = await asyncio.to_thread(_open_scene, JobPaths(self._jobs_dir, task.job_id),
                                               task, self._scene_settings)
                 self._scenes[task.id] = ctx
                 logger.info("job %s task %s: scene %dx%d, %d tiles, scale %s", task.job_id,
@@ -362,7 +357,7 @@ class WorkerPool:
                for u in [*self._claimed.values(), *(u for u, _ in self._inflight.values())]):
             return
         self._ended_scenes.discard(task.id)
-        await asyncio.to_thread(drop_work, JobPaths(self._jobs_dir, task.job_id), task.seq)
+        await asyncio.to_thread(_drop_work, JobPaths(self._jobs_dir, task.job_id), task.seq)
 
     async def _process_unit(self, unit: TileUnit) -> None:
         task = unit.task
@@ -374,6 +369,7 @@ class WorkerPool:
             if unit.kind is UnitKind.STITCH:
                 await self._stitch(unit, ctx, paths)
                 return
+            from .scenes import keep_unit_mask, read_unit  # loaded by _scene, in a thread
             body = await asyncio.to_thread(read_unit, ctx, unit)
         except (SceneError, BadMask, UnreadableImage) as exc:
             await self._fail(task, f"{unit.kind.value} {unit.idx}: {exc}", task.width,
@@ -412,11 +408,12 @@ class WorkerPool:
         task = unit.task
         self._called.add(unit.key)
         units = await self._store.units_of(task.id)
+        from .scenes import finish_scene  # loaded by _scene, in a thread
         outcome, files = await asyncio.to_thread(finish_scene, ctx, paths, task, units,
                                                  self._scene_settings)
         await self._recorder.done(task.id, outcome, files)
         self._forget_scene(task)
-        await asyncio.to_thread(drop_work, paths, task.seq)
+        await asyncio.to_thread(_drop_work, paths, task.seq)
         logger.info("job %s task %s: done %s, scene of %d tiles, oil fraction %.4f, %d slicks",
                     task.job_id, task.id, task.filename, (outcome.scene or {}).get("tiles", 0),
                     outcome.oil_fraction or 0.0, outcome.slick_count or 0)
@@ -498,3 +495,17 @@ def _keep_answer(body: bytes | Path, spill: Path, width: int, height: int, paths
 def _remove_if_present(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+# The scene code (GDAL, shapely, pyproj, scipy: about 60 MiB and half a second) is imported by
+# the first scene's first unit, in a worker thread: a server that only ever sees pictures
+# never loads it, and the event loop never waits for it.
+
+def _open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneContext:
+    from .scenes import open_scene
+    return open_scene(paths, task, settings)
+
+
+def _drop_work(paths: JobPaths, seq: int) -> None:
+    from .scenes import drop_work
+    drop_work(paths, seq)

@@ -162,14 +162,21 @@ async def wait_http(url: str, proc: Process, timeout_s: float = 30,
         await poll(answered, f"{url} to answer", timeout_s, interval_s)
 
 
-async def wait_settled(base: str, timeout_s: float = 30) -> None:
-    """Until the server says the libraries it loads after start-up are in: what an idle
-    server holds, before a memory measure starts from it."""
+async def warm_up(base: str, scene: Path, timeout_s: float = 120) -> None:
+    """A tiny scene through the server (uploaded bare), waited for: what the first scene
+    loads (GDAL, shapely, pyproj, scipy: about 60 MiB) is in, as in a server that has
+    worked, but hardly any of a job's memory (a bigger scene would leave its freed heap
+    in the process, and a measure from there would not see a job's growth). A job's memory
+    is measured from there: the libraries are the server's once, not any job's."""
     async with aiohttp.ClientSession() as session:
-        async def loaded() -> bool | None:
-            async with session.get(f"{base}/healthz") as resp:
-                return True if (await resp.json()).get("libraries_loaded") else None
-        await poll(loaded, "the server's libraries to load", timeout_s)
+        form = aiohttp.FormData()
+        form.add_field("file", scene.read_bytes(), filename=scene.name,
+                       content_type="image/tiff")
+        async with session.post(f"{base}/api/upload/", data=form) as resp:
+            body = await resp.json()
+            assert resp.status == 202, body
+        job = await Api(session, base).wait_job(body["job_id"], timeout_s=timeout_s)
+        assert job["done"] == 1, job
 
 
 class Api:

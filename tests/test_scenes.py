@@ -52,7 +52,7 @@ from .georef import (
     write_by_strips,
     write_tif,
 )
-from .procs import Api, poll, wait_settled
+from .procs import Api, poll, warm_up
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
@@ -660,7 +660,10 @@ async def test_the_servers_memory_stays_bounded_on_a_scene(stack_factory, tmp_pa
     stack = await stack_factory(["--mode", "ready"], OILSPILL_LOG_LEVEL="WARNING")
     assert stack.server and stack.server.proc
     pid = stack.server.proc.pid
-    await wait_settled(stack.base)  # what an idle server holds, libraries loaded
+    # What an idle server that has worked holds: the raster libraries load with the first
+    # scene, once.
+    await warm_up(stack.base, write_by_strips(tmp_path / "warm.tif", 64, 64, [],
+                                              dtype="uint16", seed=1))
     idle_kib = status_kib(pid, "VmRSS")
     started = time.monotonic()
     async with aiohttp.ClientSession() as session:
@@ -680,6 +683,36 @@ async def test_the_servers_memory_stays_bounded_on_a_scene(stack_factory, tmp_pa
     print(f"\nserver on {width} x {height} uint16: idle {idle_kib / 1024:.0f} MiB, peak "
           f"{peak_kib / 1024:.0f} MiB, growth {growth_mib:.0f} MiB (bound 160), {elapsed:.1f} s")
     assert growth_mib < 160
+
+
+def gdal_mapped(pid: int) -> bool:
+    """Whether the process has GDAL's library mapped: loaded by its first raster work."""
+    return "libgdal" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_the_raster_libraries_load_with_the_first_scene_not_before(
+        stack_factory, tmp_path):
+    """The real `oilspill serve`: idle, it holds under 80 MiB (the first batch's target) and
+    no GDAL; a job of pictures (a JPEG and PNGs, one TIFF-free zip) loads none either; the
+    first scene loads them, and is done."""
+    stack = await stack_factory(["--mode", "ready"], OILSPILL_LOG_LEVEL="WARNING")
+    assert stack.server and stack.server.proc
+    pid = stack.server.proc.pid
+    idle_mib = status_kib(pid, "VmRSS") / 1024
+    print(f"\nidle server: {idle_mib:.1f} MiB")
+    assert idle_mib < 80
+    assert not gdal_mapped(pid)
+    pictures = {f"sea{n}.png": encode(to_uint8(make_scene(200, 150, seed=n).intensity), "PNG")
+                for n in range(3)}
+    pictures["sea.jpg"] = encode(to_uint8(make_scene(300, 200, seed=7).intensity), "JPEG")
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, stack.base)
+        job = await api.wait_job((await api.upload(zip_bytes(pictures)))["job_id"])
+    assert (job["done"], job["failed"]) == (4, 0), job
+    assert not gdal_mapped(pid)
+    await warm_up(stack.base, write_by_strips(tmp_path / "first.tif", 1500, 1200, [],
+                                              dtype="uint16", seed=1))
+    assert gdal_mapped(pid)
 
 
 async def test_a_picture_larger_than_a_tile_is_tiled_and_keeps_a_png_mask(

@@ -17,11 +17,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from .scene import SceneError, WindowLike
+from .errors import SceneError
+
+if TYPE_CHECKING:
+    from .scene import WindowLike
 
 POLARISATIONS = ("vv", "vh", "hh", "hv")
 MAX_XML_BYTES = 64 * 2**20  # real calibration files are a few MB

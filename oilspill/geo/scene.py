@@ -31,6 +31,11 @@ from rasterio.windows import Window
 
 from ..names import plain_message
 from . import GDAL_OPTIONS, scale
+from .errors import EmptyScene as EmptyScene
+from .errors import NoSuchBand as NoSuchBand
+from .errors import SceneError as SceneError
+from .errors import SceneTooLarge as SceneTooLarge
+from .errors import UnreadableScene as UnreadableScene
 from .scale import DbKind
 
 if TYPE_CHECKING:
@@ -50,26 +55,6 @@ _SURVEY_FORMAT = 2
 
 # A rasterio Window or (col_off, row_off, width, height), in whole pixels.
 WindowLike: TypeAlias = "Window | tuple[int, int, int, int]"
-
-
-class SceneError(Exception):
-    """A scene cannot be used; the message is safe to show to the uploader."""
-
-
-class UnreadableScene(SceneError):
-    """Not a raster GDAL can read, truncated or corrupt, or of an unsupported data type."""
-
-
-class SceneTooLarge(SceneError):
-    """More pixels than OILSPILL_MAX_SCENE_PIXELS allows."""
-
-
-class NoSuchBand(SceneError):
-    """The band OILSPILL_SCENE_BAND names is not in the file."""
-
-
-class EmptyScene(SceneError):
-    """Not one valid pixel: all border, nodata or NaN."""
 
 
 @dataclass(frozen=True)

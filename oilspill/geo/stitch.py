@@ -44,6 +44,7 @@ from ..masks import OIL_LEVEL
 from ..names import plain_message
 from ..paths import partial_beside
 from . import GDAL_OPTIONS
+from .errors import BadMask as BadMask
 from .tiles import Tile
 
 NODATA = 127  # see the module docstring
@@ -53,10 +54,6 @@ OIL = 255
 STRIP_ROWS = 128
 OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (large_components)
 _EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
-
-
-class BadMask(Exception):
-    """A tile's or the overview's mask is unreadable, or not one 8-bit band of the right size."""
 
 
 @dataclass(frozen=True)

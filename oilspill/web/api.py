@@ -15,7 +15,7 @@ from typing import TypeVar
 from aiohttp import BodyPartReader, web
 from aiohttp.http import HttpProcessingError
 
-from ..geo.stitch import BadMask
+from ..geo.errors import BadMask
 from ..jobs import Job, ResultKind, Task, TaskStatus
 from ..masks import UnreadableImage
 from ..paths import (
@@ -26,7 +26,7 @@ from ..paths import (
     is_user_hash,
     job_id_of_archive,
 )
-from ..spills import ensure_task_spills
+from ..results import task_spills
 from ..store import SKIPPED_IN_JOB
 from ..uploads import IncomingUpload, UploadTooLarge
 from . import keys, openapi, original
@@ -208,7 +208,7 @@ async def get_task_spills(request: web.Request) -> web.FileResponse:
         raise ApiError(404, "not_found", f"task {task.id} has no mask, so no slicks")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
     try:
-        path = await asyncio.to_thread(ensure_task_spills, paths, task)
+        path = await asyncio.to_thread(task_spills, paths, task)
     except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no slicks file") from exc
     return ResultFile(path, headers={"Content-Type": GEOJSON})
@@ -362,5 +362,4 @@ async def healthz(request: web.Request) -> web.Response:
         "ml_service": "reachable" if reachable else "unreachable",
         "ml_service_url": request.app[keys.ML_CLIENT].base_url,
         "ml_endpoints": request.app[keys.ML_CLIENT].stats(),
-        "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2),
-        "libraries_loaded": request.app[keys.LIBRARIES_LOADED].is_set()})
+        "loop_lag_max_ms": round(request.app[keys.LOOP_LAG].max_lag_s * 1000, 2)})

@@ -13,7 +13,6 @@ alike.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import random
 import warnings
@@ -23,17 +22,15 @@ import aiohttp
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from PIL import Image
-from rasterio.errors import NotGeoreferencedWarning
 
 from ..cleanup import Cleanup, recover_files
-from ..config import Settings
+from ..config import SceneSettings, Settings
 from ..jobs import RetryPolicy
 from ..looplag import LoopLagMonitor
 from ..metrics import Metrics
 from ..ml_tier import MLTier
 from ..outage import OutageGate
 from ..results import ResultArchives
-from ..scenes import SceneSettings
 from ..store import Store
 from ..worker import WorkerPool
 from . import api, events, keys, original, page, tus
@@ -54,24 +51,6 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
     monitor.start()
     yield
     await monitor.stop()
-
-
-# Loaded where they are used, so that the API answers sooner after start; loaded here in a
-# thread meanwhile, so that the first job does not wait for them either.
-DEFERRED_IMPORTS = ("scipy.ndimage", "scipy.sparse.csgraph")
-
-
-def _load_deferred() -> None:
-    for name in DEFERRED_IMPORTS:
-        importlib.import_module(name)
-
-
-async def _deferred_imports(app: web.Application) -> AsyncIterator[None]:
-    loaded = app[keys.LIBRARIES_LOADED]
-    loading = asyncio.ensure_future(asyncio.to_thread(_load_deferred))
-    loading.add_done_callback(lambda _: loaded.set())
-    yield
-    await loading  # a thread cannot be cancelled: let it end before the loop does
 
 
 async def _data_dir(app: web.Application) -> AsyncIterator[None]:
@@ -165,8 +144,9 @@ def create_app(settings: Settings) -> web.Application:
     # Pillow's decompression-bomb guard is process-wide: match it to our own limit.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
     # Tile masks and plain pictures have no georeference, and that is not news: said once
-    # here, as warning filters are process-wide and not safe to change from threads.
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    # here, as warning filters are process-wide and not safe to change from threads. By its
+    # text (rasterio's NotGeoreferencedWarning): naming the class would load GDAL at start.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs")
     # Outermost first: CORS headers go on every answer, errors included; the token check
     # raises an ApiError that the error middleware renders.
     app = web.Application(middlewares=[metrics_middleware, cors_middleware, error_middleware,
@@ -174,7 +154,6 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = Metrics()
     app[keys.DRAINING] = asyncio.Event()
-    app[keys.LIBRARIES_LOADED] = asyncio.Event()
     app[keys.ACTIVE_UPLOADS] = set()
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_data_dir)
@@ -183,7 +162,6 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_ml_client)
     app.cleanup_ctx.append(_worker_pool)
     app.cleanup_ctx.append(_cleanup)
-    app.cleanup_ctx.append(_deferred_imports)
     app.on_shutdown.append(_start_draining)
     _routes(app)
     return app

@@ -27,8 +27,6 @@ RESUMABLE = web.AppKey("resumable", ResumableUploads)
 LOOP_LAG = web.AppKey("loop_lag", LoopLagMonitor)
 METRICS = web.AppKey("metrics", Metrics)
 FEEDS = web.AppKey("feeds", Feeds)
-# Set once the libraries loaded on first use are loaded (in a thread, after start-up).
-LIBRARIES_LOADED = web.AppKey("libraries_loaded", asyncio.Event)
 # Set when shutdown begins: uploads are refused from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)
 # Ids of jobs whose upload is still arriving: their folders have no row yet.

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from ..geo.errors import SceneError, SceneTooLarge
 from ..geo.safe import SafeError
-from ..geo.scene import SceneError, SceneTooLarge
 from ..results import JobNotFinished
 from ..resumable import OffsetMismatch, PastLength, UnknownUpload, UploadBusy, UploadRefused
 from ..store import NotFound

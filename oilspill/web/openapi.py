@@ -387,12 +387,7 @@ _SCHEMAS: dict[str, Any] = {
                        "ml_endpoints": {"type": "array", "items": _ref("MLEndpoint")},
                        "loop_lag_max_ms": {"type": "number", "minimum": 0,
                                            "description": "largest event-loop stall since "
-                                                          "start, in milliseconds"},
-                       "libraries_loaded": {
-                           "type": "boolean",
-                           "description": "the libraries loaded after start-up (in a "
-                                          "thread, about 0.2 s) are in; until then the "
-                                          "first job loads them"}},
+                                                          "start, in milliseconds"}},
     },
 }
 
