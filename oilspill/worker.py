@@ -397,7 +397,7 @@ class WorkerPool:
                 self._gate.record_unreachable()
             await self._retry_or_fail(unit, exc)
             return
-        except (MLRejected, UnreadableImage) as exc:
+        except (MLRejected, UnreadableImage, BadMask) as exc:
             await self._fail(task, f"{unit.kind.value} {unit.idx} at {unit.window}: {exc}")
             return
         await self._recorder.tile_done(task.id, unit.idx, kept)

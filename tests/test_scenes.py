@@ -757,10 +757,12 @@ async def test_a_scene_whose_tiles_fail_fails_cleanly_and_leaves_no_working_file
     await poll(cleaned, "the failed scene's working folder to go", 30)
 
 
-async def test_a_tile_mask_whose_pixels_do_not_decode_fails_the_scene_with_why(
-        aiohttp_client, aiohttp_server, settings, tmp_path):
-    """An ML service whose masks have the right header but pixel data cut short: the scene
-    fails with that reason, not an internal error and not a mask of garbage."""
+@pytest.mark.parametrize("cut", ["tile", "overview"])
+async def test_a_mask_whose_pixels_do_not_decode_fails_the_scene_with_why(
+        aiohttp_client, aiohttp_server, settings, tmp_path, cut):
+    """An ML service whose masks have the right header but pixel data cut short (for every
+    tile, or for the overview alone): the scene fails with that reason, not an internal
+    error and not a mask of garbage."""
     path, _, _, _ = border_scene(tmp_path)
 
     async def cut_mask(request: web.Request) -> web.Response:
@@ -772,8 +774,10 @@ async def test_a_tile_mask_whose_pixels_do_not_decode_fails_the_scene_with_why(
         noisy = np.random.default_rng(0).integers(0, 2, (size[1], size[0]), np.uint8) * 255
         out = io.BytesIO()
         Image.fromarray(noisy, mode="L").save(out, format="PNG")
-        return web.Response(body=out.getvalue()[:len(out.getvalue()) // 2],
-                            content_type="image/png")
+        whole = out.getvalue()
+        if f".{cut}" not in field.filename:  # the others get whole masks
+            return web.Response(body=whole, content_type="image/png")
+        return web.Response(body=whole[:len(whole) // 2], content_type="image/png")
 
     app = web.Application()
     app.router.add_post("/segment", cut_mask)
@@ -782,5 +786,7 @@ async def test_a_tile_mask_whose_pixels_do_not_decode_fails_the_scene_with_why(
         ml_service_url=ml, data_dir=tmp_path / "data"))
     done = await run(client, path.read_bytes())
     assert (done.job["done"], done.job["failed"]) == (0, 1), done.job
-    assert "cannot be decoded" in done.task["error"], done.task["error"]
-    assert "internal error" not in done.task["error"]
+    error = done.task["error"]
+    assert error.startswith(cut), error
+    assert "cannot be decoded" in error or "truncated or corrupt" in error, error
+    assert "internal error" not in error

@@ -241,15 +241,19 @@ def tile_core(tile: Tile, mask_png: Path | np.ndarray, width: int, height: int,
 
 def _read_mask(path: Path, shape: tuple[int, int] | None,
                window: Window | None = None) -> np.ndarray:
-    """Band 1 of a mask file (or a window of it), checking it is 8-bit and `shape` (h, w)."""
+    """Band 1 of a mask file (or a window of it), checking it is 8-bit and `shape` (h, w).
+    Under GDAL_OPTIONS whoever calls: a PNG cut short raises rather than reading as whole."""
     try:
-        with rasterio.open(path) as src:
+        with rasterio.Env(**GDAL_OPTIONS), rasterio.open(path) as src:
             size = (src.height, src.width)
             if src.count != 1 or src.dtypes[0] != "uint8" or size != (shape or size):
                 raise BadMask(f"{path.name}: {src.count} band(s) of {src.dtypes[0]}, "
                               f"{src.width}x{src.height}; expected one uint8 band"
                               + (f" of {shape[1]}x{shape[0]}" if shape else ""))
-            return np.asarray(src.read(1, window=window), np.uint8)
+            try:
+                return np.asarray(src.read(1, window=window), np.uint8)
+            except RasterioIOError:
+                raise BadMask(f"{path.name}: its pixel data is truncated or corrupt") from None
     except RasterioIOError as exc:
         # GDAL's text names the file by its full path: users get it without.
         raise BadMask(f"{path.name}: {plain_message(str(exc))}") from None
