@@ -26,11 +26,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .geo import GDAL_OPTIONS
+from .jobs import ResultKind
+from .names import plain_message
 
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
-from .jobs import ResultKind
-from .names import plain_message
 
 # Pillow's format name -> the extension a picture result is stored with.
 _PICTURE_EXT = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}

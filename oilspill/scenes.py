@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import struct
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import rasterio
 import rasterio.shutil
 from PIL import Image
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
@@ -60,7 +58,6 @@ from .spills import scene_spills
 
 MASK_EXTENSION = ".tif"
 _PICTURE_DRIVERS = ("PNG", "JPEG")
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -133,10 +130,10 @@ def picture_as_scene(paths: JobPaths, stored_name: str, settings: SceneSettings
                      ) -> tuple[NewTile, ...]:
     """A PNG or JPEG larger than a tile becomes a scene: copied (streamed by GDAL, never
     decoded whole) to a tiled GeoTIFF, then cut like one. Empty for a picture that fits in a
-    tile: it is sent whole, as it is. Raises geo.scene.SceneError."""
+    tile: it is sent whole, as it is. The upload calls it only for pictures whose header
+    Pillow found larger than a tile or could not read (uploads._fits_one_tile); GDAL's
+    header decides here. Raises geo.scene.SceneError."""
     source = paths.image(stored_name)
-    if _fits_one_tile(source, settings.tile_px):
-        return ()
     try:
         width, height = _picture_size(source)
     except UnreadableScene:
@@ -158,18 +155,6 @@ def picture_as_scene(paths: JobPaths, stored_name: str, settings: SceneSettings
     finally:
         partial.unlink(missing_ok=True)
     return plan_units(target, settings)
-
-
-def _fits_one_tile(source: Path, tile_px: int) -> bool:
-    """True when the file is a PNG whose IHDR (the first chunk, by the PNG standard) gives a
-    size within one tile: the common case, answered from 24 bytes without opening GDAL (a
-    tenth of the cost). Anything else is for _picture_size to decide."""
-    with open(source, "rb") as fh:
-        head = fh.read(24)
-    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return False
-    width, height = (int(v) for v in struct.unpack(">II", head[16:24]))
-    return 0 < width <= tile_px and 0 < height <= tile_px
 
 
 def _picture_size(source: Path) -> tuple[int, int]:
@@ -346,9 +331,10 @@ def _decoded(mask: bytes | Path) -> np.ndarray:
     """The band of an 8-bit one-channel PNG (checked by masks.is_mask), decoded by GDAL's
     PNG driver (libpng: 1.5 ms for a 1024 x 1024 mask where Pillow takes 2.4). Raises
     UnreadableImage when its pixel data is corrupt or cut short."""
+    # A mask has no georeference: create_app's process-wide filter keeps rasterio quiet
+    # about it (warning filters are not safe to change from threads).
     try:
-        with rasterio.Env(**GDAL_OPTIONS), warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.Env(**GDAL_OPTIONS):
             if isinstance(mask, Path):
                 with rasterio.open(mask, driver="PNG") as src:
                     return np.asarray(src.read(1), np.uint8)

@@ -3,11 +3,10 @@
 Each resource is one `cleanup_ctx` generator, set up before its `yield` and torn down after
 it, in reverse order: the event-loop lag monitor, the data dir, the database (with crash
 recovery and the result builder), the HTTP session and the ML tier (every endpoint of
-ML_SERVICE_URL), the worker pool, the cleanup scheduler; and, in a thread once it is up,
-the libraries loaded on first use (scipy: 0.2 s that start-up does not wait for).
-Process-wide settings (Pillow's
-pixel guard, warning filters) are set here too, so tests, the demo and `oilspill serve` run
-alike.
+ML_SERVICE_URL), the worker pool, the cleanup scheduler. No raster, geometry or scipy
+library is loaded at start (see masks.load_labelling and worker._open_scene). Process-wide
+settings (Pillow's pixel guard, warning filters) are set here too, so tests, the demo and
+`oilspill serve` run alike.
 """
 
 from __future__ import annotations
