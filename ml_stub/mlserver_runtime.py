@@ -8,8 +8,10 @@ model-settings.json (`ml_stub.mlserver_runtime.OilSpillDetector`), so the folder
 
 Input `image`: UINT8 pixels [N, H, W], or BYTES pictures (shape [N] or [N, 1]; in JSON base64
 strings with the input's `parameters.content_type` "base64", since MLServer's REST has no
-binary tensor data; over gRPC the raw bytes). Output `mask`: UINT8 [N, H, W], 0 sea and 255
-oil, the mask the stub's `/segment` gives each tile. A request that breaks this contract gets
+binary tensor data; over gRPC the raw bytes). Output `mask`, 0 sea and 255 oil, the mask
+the stub's `/segment` gives each tile, in the datatype model-settings.json declares for it:
+BYTES [N, 1], one PNG per tile (base64 in JSON: a few hundred bytes where the same mask as
+JSON numbers is 2 to 4 bytes a pixel), or UINT8 [N, H, W]. A request that breaks this contract gets
 400 `{"error": "..."}`. The detector's options come from model-settings.json's
 `parameters.extra`, by name (`{"k": 2.5}`); unknown names stop the model from loading.
 """
@@ -26,8 +28,9 @@ from mlserver import MLModel
 from mlserver.codecs import Base64Codec, NumpyCodec
 from mlserver.errors import InferenceError
 from mlserver.types import Datatype, InferenceRequest, InferenceResponse, RequestInput
+from PIL import Image
 
-from .detector import DetectorOptions, detect_batch
+from .detector import DetectorOptions, detect_batch, encode_png
 
 INPUT = "image"
 OUTPUT = "mask"
@@ -78,11 +81,21 @@ def _pictures(request_input: RequestInput) -> list[bytes]:
     return pictures
 
 
-def _masks(tiles: np.ndarray | list[bytes], options: DetectorOptions) -> np.ndarray:
+def _masks(tiles: np.ndarray | list[bytes], options: DetectorOptions, as_pictures: bool
+           ) -> np.ndarray | list[bytes]:
+    """The masks [N, H, W], or one PNG each when `as_pictures`."""
     try:
-        return detect_batch(tiles, options)
+        masks = detect_batch(tiles, options)
     except ValueError as exc:  # not an image, or pictures of several sizes
         raise InferenceError(str(exc)) from None
+    if as_pictures:
+        return [encode_png(Image.fromarray(mask, mode="L")) for mask in masks]
+    return masks
+
+
+def answers_pictures(outputs: list[Any]) -> bool:
+    """True when the settings declare the `mask` output BYTES (a PNG per tile)."""
+    return any(o.name == OUTPUT and Datatype(o.datatype) == Datatype.BYTES for o in outputs)
 
 
 # mlserver ships no type information (no py.typed), so to mypy MLModel is Any.
@@ -92,6 +105,7 @@ class OilSpillDetector(MLModel):  # type: ignore[misc]
     async def load(self) -> bool:
         parameters = self.settings.parameters
         self._options = detector_options(parameters.extra if parameters else None)
+        self._pictures = answers_pictures(self.settings.outputs)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -110,6 +124,8 @@ class OilSpillDetector(MLModel):  # type: ignore[misc]
                                  f"pictures, not {datatype.value!r}")
         # In a thread: MLServer runs predict() on its event loop (parallel_workers 0), which
         # must go on answering health checks while the detector works.
-        masks = await asyncio.to_thread(_masks, tiles, self._options)
+        masks = await asyncio.to_thread(_masks, tiles, self._options, self._pictures)
+        output = (Base64Codec.encode_output(OUTPUT, masks, use_bytes=False)
+                  if isinstance(masks, list) else NumpyCodec.encode_output(OUTPUT, masks))
         return InferenceResponse(model_name=self.name, model_version=self.version,
-                                 id=payload.id, outputs=[NumpyCodec.encode_output(OUTPUT, masks)])
+                                 id=payload.id, outputs=[output])

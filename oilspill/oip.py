@@ -6,11 +6,18 @@ An endpoint URL `http://host:port/v2/models/<name>[/versions/<v>]` names one mod
 and model metadata (`GET /v2/models/<name>`: inputs and outputs) make one `ModelSpec`; `encode`
 builds the inference request for one or more same-size grey images, `decode` turns the answer
 into one 0/255 mask per image. Answers are read as aiohttp hands them over (decompressed).
+
+A mask output is numbers (any datatype: non-zero, or >= 0.5 for floats, is oil) or BYTES:
+one encoded picture per image (a PNG; pixels >= 128 are oil, as in a `/segment` answer),
+base64 in JSON. The bundled detector on MLServer answers so, because MLServer's REST has
+no binary tensors and a mask of JSON numbers costs the backend more than the whole call.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import io
 import json
 import math
 import re
@@ -23,14 +30,17 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
 
 from .geo.scale import grey_png
+from .names import plain_message
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_EXTENSION = "binary_tensor_data"
 MASK_OUTPUT = "mask"
 CONFIDENCE_OUTPUT = "confidence"
 FLOAT_OIL_LEVEL = 0.5  # a float mask value at or above this is oil
+PICTURE_OIL_LEVEL = 128  # a pixel of a mask picture (BYTES) at or above this is oil
 _FAST_JSON_BYTES = 4096  # JSON answers larger than this have their number arrays read by numpy
 
 # Little-endian, as the binary tensor extension requires whatever the machine.
@@ -41,6 +51,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 _PIXEL_TYPES = ("UINT8", "FP32")
+_ELEMENT_LENGTH = struct.Struct("<I")  # a binary BYTES element's length, little-endian
 _PLACEHOLDER = "\x00oip"  # stands in, after parsing, for a number array read apart
 _DATA_ARRAY = re.compile(rb'"data"\s*:\s*\[')
 
@@ -212,9 +223,9 @@ class ModelSpec:
         named = {t["name"]: t for t in outputs}
         mask = named.get(MASK_OUTPUT) or (outputs[0] if outputs else None)
         kind = mask.get("datatype") if mask is not None else None
-        if mask is not None and kind is not None and kind not in _DTYPES:
+        if mask is not None and kind is not None and kind not in (*_DTYPES, "BYTES"):
             raise OipIncompatible(f"output {mask['name']!r} has datatype {kind}; a mask is "
-                                  "BOOL, integers or floats")
+                                  "BOOL, integers, floats or BYTES (a picture per image)")
         confidence = named.get(CONFIDENCE_OUTPUT)
         extensions = server_meta.get("extensions")
         return cls(input_name=name, datatype=str(datatype), layout=layout, shape=dims,
@@ -293,7 +304,7 @@ def encode(spec: ModelSpec, images: Sequence[npt.NDArray[np.uint8]],
         inp["shape"] = [count] + [1] * (len(spec.shape) - 1)
         if spec.binary:
             raw: bytes | memoryview = b"".join(
-                part for png in elements for part in (struct.pack("<I", len(png)), png))
+                part for png in elements for part in (_ELEMENT_LENGTH.pack(len(png)), png))
         else:
             inp["parameters"] = {"content_type": "base64"}  # MLServer's Base64Codec
             raw = b",".join(b'"%s"' % base64.b64encode(png) for png in elements)
@@ -502,6 +513,61 @@ def _oil(tensor: _Tensor, segments: list[bytes]) -> npt.NDArray[np.bool_]:
     return np.asarray(values != 0, bool)
 
 
+def _elements(tensor: _Tensor) -> list[bytes]:
+    """A BYTES tensor's elements: from binary data (each its 4-byte little-endian length,
+    then its bytes) or from JSON base64 strings (MLServer's Base64Codec)."""
+    name = tensor.name
+    if tensor.raw is not None:
+        raw, items, pos = tensor.raw, [], 0
+        while pos < len(raw):
+            if pos + _ELEMENT_LENGTH.size > len(raw):
+                raise OipBadAnswer(f"output {name!r}: its binary data ends inside a length")
+            (length,) = _ELEMENT_LENGTH.unpack_from(raw, pos)
+            pos += _ELEMENT_LENGTH.size
+            if pos + length > len(raw):
+                raise OipBadAnswer(f"output {name!r}: its binary data ends inside an element")
+            items.append(bytes(raw[pos:pos + length]))
+            pos += length
+        return items
+    data = tensor.data
+    if isinstance(data, list) and all(isinstance(d, list) for d in data):
+        data = [item for row in data for item in row]  # [N, 1] written nested
+    if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+        raise OipBadAnswer(f"output {name!r} is BYTES: in JSON, a list of base64 strings")
+    try:
+        return [base64.b64decode(d, validate=True) for d in data]
+    except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
+        raise OipBadAnswer(f"output {name!r} holds a string that is not base64") from None
+
+
+def _picture_oil(tensor: _Tensor, count: int, size: tuple[int, int]
+                 ) -> npt.NDArray[np.bool_]:
+    """Oil [count, H, W] of a BYTES mask output: one picture per image, each of the image's
+    size (checked from its header before it is decoded)."""
+    pictures = _elements(tensor)
+    name, dims = tensor.name, tensor.shape
+    if (len(pictures) != count or math.prod(dims) != count
+            or any(d != 1 for d in dims[1:])):
+        raise OipBadAnswer(f"output {name!r} has shape {list(dims)} and {len(pictures)} "
+                           f"pictures: not one picture for each of {count} image(s)")
+    height, width = size
+    oil = np.empty((count, height, width), bool)
+    for n, picture in enumerate(pictures):
+        which = f"output {name!r}, picture {n + 1} of {count}"
+        try:
+            with Image.open(io.BytesIO(picture)) as image:
+                if image.size != (width, height):
+                    raise OipBadAnswer(f"{which} is {image.size[0]} x {image.size[1]} pixels, "
+                                       f"not the image's {width} x {height}")
+                grey = image if image.mode == "L" else image.convert("L")
+                oil[n] = np.asarray(grey) >= PICTURE_OIL_LEVEL
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error,
+                Image.DecompressionBombError) as exc:
+            raise OipBadAnswer(f"{which} does not decode: "
+                               f"{plain_message(str(exc)) or exc.__class__.__name__}") from None
+    return oil
+
+
 def _per_item(shape: tuple[int, ...], count: int, size: tuple[int, int], name: str) -> None:
     """OipBadAnswer unless the shape is `count` masks of `size` (1-dimensions aside)."""
     items = shape
@@ -525,8 +591,11 @@ def decode(spec: ModelSpec, body: bytes, headers: Mapping[str, str], count: int,
     if name not in tensors:
         raise OipBadAnswer(f"the answer has no output {name!r} (it has {', '.join(order)})")
     mask = tensors[name]
-    _per_item(mask.shape, count, size, name)
-    oil = _oil(mask, segments).reshape(count, *size)
+    if mask.datatype == "BYTES":
+        oil = _picture_oil(mask, count, size)
+    else:
+        _per_item(mask.shape, count, size, name)
+        oil = _oil(mask, segments).reshape(count, *size)
     masks = oil.view(np.uint8) * np.uint8(255)
     confidence: Sequence[list[float] | None] = [None] * count
     conf = tensors.get(CONFIDENCE_OUTPUT) if name != CONFIDENCE_OUTPUT else None

@@ -39,6 +39,9 @@ MLSERVER_VERSION = "1.7.1"
 REQUIREMENTS = (f"mlserver=={MLSERVER_VERSION}", "numpy>=1.24", "scipy>=1.10", "Pillow>=10.0")
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "mlserver"
+PIXELS_MODEL = f"{MODEL_NAME}-pixels"
+PIXEL_TENSORS = [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1]},
+                 {"name": "mask", "datatype": "UINT8", "shape": [-1, -1, -1]}]
 START_TIMEOUT_S = 180.0
 
 
@@ -74,7 +77,9 @@ def mlserver_venv() -> Path:
 
 @dataclass(frozen=True)
 class MLServer:
-    """A running MLServer: base is its REST address, model_url the detector's."""
+    """A running MLServer: base is its REST address, model_url the detector's as
+    deploy/mlserver declares it (PNGs in and out), pixels_url the same runtime declared with
+    UINT8 pixels in and out (PIXELS_MODEL)."""
 
     base: str
     grpc_port: int
@@ -84,6 +89,10 @@ class MLServer:
     @property
     def model_url(self) -> str:
         return f"{self.base}/v2/models/{MODEL_NAME}"
+
+    @property
+    def pixels_url(self) -> str:
+        return f"{self.base}/v2/models/{PIXELS_MODEL}"
 
 
 def _tail(log: Path, lines: int = 40) -> str:
@@ -98,6 +107,11 @@ def running_mlserver(workdir: Path) -> Iterator[MLServer]:
     models = workdir / MODEL_NAME  # named as the model: MLServer warns otherwise
     models.mkdir(parents=True)
     shutil.copy(DEPLOY / "model-settings.json", models / "model-settings.json")
+    # The same runtime declared with pixels both ways, found by MLServer in a subfolder.
+    pixels = json.loads((DEPLOY / "model-settings.json").read_text())
+    pixels.update(name=PIXELS_MODEL, inputs=PIXEL_TENSORS[:1], outputs=PIXEL_TENSORS[1:])
+    (models / PIXELS_MODEL).mkdir()
+    (models / PIXELS_MODEL / "model-settings.json").write_text(json.dumps(pixels))
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     settings = json.loads((DEPLOY / "settings.json").read_text())
     settings.update(host="127.0.0.1", http_port=http_port, grpc_port=grpc_port,
@@ -114,8 +128,10 @@ def running_mlserver(workdir: Path) -> Iterator[MLServer]:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
-                with urllib.request.urlopen(f"{server.model_url}/ready", timeout=2):
-                    break
+                for url in (server.model_url, server.pixels_url):
+                    with urllib.request.urlopen(f"{url}/ready", timeout=2):
+                        pass
+                break
             except OSError:
                 assert proc.poll() is None, f"MLServer exited:\n{_tail(log)}"
                 assert time.monotonic() < deadline, (

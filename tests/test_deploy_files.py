@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from ml_stub.detector import DetectorOptions
-from ml_stub.oip import INPUTS, MODEL_NAME, MODEL_VERSION, OUTPUTS
+from ml_stub.oip import INPUT, MODEL_NAME, MODEL_VERSION, OUTPUT
 
 from .mlserver_env import DEPLOY, MLSERVER_VERSION, REPO, REQUIREMENTS
 
@@ -58,7 +58,10 @@ def test_model_settings_name_a_runtime_class_that_exists(model_settings: dict[st
                                                          ) -> None:
     assert model_settings["name"] == MODEL_NAME
     assert model_settings["parameters"]["version"] == MODEL_VERSION
-    assert (model_settings["inputs"], model_settings["outputs"]) == (INPUTS, OUTPUTS)
+    # PNGs both ways: MLServer's REST has no binary tensors (mlserver_runtime.py says why).
+    assert [(t["name"], t["datatype"]) for t in model_settings["inputs"]] == [(INPUT, "BYTES")]
+    assert [(t["name"], t["datatype"]) for t in model_settings["outputs"]] == [
+        (OUTPUT, "BYTES")]
     assert set(model_settings["parameters"]["extra"]) <= {f.name for f in fields(DetectorOptions)}
     module, _, name = model_settings["implementation"].rpartition(".")
     # Found, not imported: mlserver lives in its own environment (tests/mlserver_env.py).

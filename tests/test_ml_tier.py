@@ -442,13 +442,17 @@ async def test_a_whole_job_over_oip_binary_has_the_segment_masks_and_batches(
     assert metric_values(text, "oilspill_ml_endpoint_requests_total")[model_url] < units
 
 
+@pytest.mark.parametrize("declared", ["pngs", "pixels"])
 async def test_a_whole_job_through_mlserver_has_the_segment_masks(
         aiohttp_client: Any, settings: Settings, tmp_path: Path, start_stub: Any,
-        mlserver: MLServer) -> None:
+        mlserver: MLServer, declared: str) -> None:
+    """deploy/mlserver's model (base64 PNGs in, a PNG mask out), and the same runtime
+    declared with UINT8 pixels both ways (JSON numbers)."""
     data = mixed_job(tmp_path)
     expected = await segment_masks(aiohttp_client, settings, tmp_path, data, await start_stub())
+    url = mlserver.model_url if declared == "pngs" else mlserver.pixels_url
     client = await aiohttp_client(create_app(scene_settings(
-        settings, tmp_path, "mlserver", ml_service_url=mlserver.model_url)))
+        settings, tmp_path, "mlserver", ml_service_url=url)))
     job, masks = await run_and_collect(client, data)
     assert_same_masks(masks, expected)
     health = await (await client.get("/healthz")).json()

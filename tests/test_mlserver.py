@@ -1,19 +1,31 @@
 """The bundled detector on a real MLServer (`mlserver start` on deploy/mlserver's settings,
-in its own environment): metadata as the stub's, and masks, through plain HTTP JSON as
-oilspill's client sends it, equal to what the stub's `/segment` answers."""
+in its own environment): metadata as deploy/mlserver declares it (PNGs in and out; and
+UINT8 pixels both ways for the same runtime declared so), and masks, through plain HTTP
+JSON as oilspill's client sends it, equal to what the stub's `/segment` answers."""
 
 from __future__ import annotations
 
 import base64
+import io
+import json
 from typing import Any
 
 import aiohttp
 import numpy as np
+import pytest
+from PIL import Image
 
-from ml_stub.oip import INPUTS, MODEL_NAME, OUTPUTS
+from ml_stub.oip import MODEL_NAME
 
 from .conftest import StubFactory
-from .mlserver_env import MLSERVER_VERSION, MLServer, mlserver_fixture  # noqa: F401
+from .mlserver_env import (  # noqa: F401
+    DEPLOY,
+    MLSERVER_VERSION,
+    PIXEL_TENSORS,
+    PIXELS_MODEL,
+    MLServer,
+    mlserver_fixture,
+)
 from .test_oip_stub import HEIGHT, WIDTH, pixels, segment_masks, slick_png
 
 
@@ -22,17 +34,29 @@ async def get(url: str) -> tuple[int, Any]:
         return resp.status, await resp.json(content_type=None)
 
 
-async def infer(server: MLServer, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def infer(server: MLServer, body: dict[str, Any], pixels: bool = False
+                ) -> tuple[int, dict[str, Any]]:
+    url = server.pixels_url if pixels else server.model_url
     async with aiohttp.ClientSession() as session, session.post(
-            f"{server.model_url}/infer", json=body) as resp:
+            f"{url}/infer", json=body) as resp:
         return resp.status, await resp.json()
 
 
 def mask_of(answer: dict[str, Any], count: int) -> np.ndarray:
+    """The masks [count, H, W] of an answer: UINT8 numbers, or one base64 PNG per image."""
     (output,) = answer["outputs"]
-    assert (output["name"], output["datatype"]) == ("mask", "UINT8")
-    assert output["shape"] == [count, HEIGHT, WIDTH]
-    return np.array(output["data"], np.uint8).reshape(output["shape"])
+    assert output["name"] == "mask"
+    if output["datatype"] == "UINT8":
+        assert output["shape"] == [count, HEIGHT, WIDTH]
+        return np.array(output["data"], np.uint8).reshape(output["shape"])
+    assert output["datatype"] == "BYTES" and output["shape"] == [count, 1]
+    assert output["parameters"]["content_type"] == "base64"
+    masks = []
+    for text in output["data"]:
+        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+            assert (image.format, image.mode, image.size) == ("PNG", "L", (WIDTH, HEIGHT))
+            masks.append(np.asarray(image))
+    return np.stack(masks)
 
 
 async def test_mlserver_describes_the_model_as_the_stub_does(mlserver: MLServer) -> None:
@@ -42,30 +66,39 @@ async def test_mlserver_describes_the_model_as_the_stub_does(mlserver: MLServer)
     assert status == 200 and server["version"] == MLSERVER_VERSION
     # MLServer's REST takes tensors in JSON only: a client must not send it binary data.
     assert "binary_tensor_data" not in server["extensions"]
-    status, meta = await get(mlserver.model_url)
-    assert status == 200, meta
-    assert (meta["name"], meta["inputs"], meta["outputs"]) == (MODEL_NAME, INPUTS, OUTPUTS)
+    deployed = json.loads((DEPLOY / "model-settings.json").read_text())
+    assert deployed["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert deployed["outputs"] == [{"name": "mask", "datatype": "BYTES", "shape": [-1, 1]}]
+    for url, name, inputs, outputs in [
+            (mlserver.model_url, MODEL_NAME, deployed["inputs"], deployed["outputs"]),
+            (mlserver.pixels_url, PIXELS_MODEL, PIXEL_TENSORS[:1], PIXEL_TENSORS[1:])]:
+        status, meta = await get(url)
+        assert status == 200, meta
+        assert (meta["name"], meta["inputs"], meta["outputs"]) == (name, inputs, outputs)
 
 
+@pytest.mark.parametrize("answer_pixels", [False, True])
 async def test_mlserver_masks_a_batch_of_pixels_as_segment_does(
-        mlserver: MLServer, start_stub: StubFactory) -> None:
+        mlserver: MLServer, start_stub: StubFactory, answer_pixels: bool) -> None:
     pngs = [slick_png(seed) for seed in (0, 1, 2)]
     tiles = np.stack([pixels(png) for png in pngs])
     body = {"inputs": [{"name": "image", "datatype": "UINT8", "shape": list(tiles.shape),
                         "data": tiles.ravel().tolist()}]}
-    status, answer = await infer(mlserver, body)
+    status, answer = await infer(mlserver, body, answer_pixels)
     assert status == 200, answer
-    assert answer["model_name"] == MODEL_NAME
+    assert answer["model_name"] == (PIXELS_MODEL if answer_pixels else MODEL_NAME)
+    assert answer["outputs"][0]["datatype"] == ("UINT8" if answer_pixels else "BYTES")
     np.testing.assert_array_equal(mask_of(answer, 3), await segment_masks(await start_stub(), pngs))
 
 
+@pytest.mark.parametrize("answer_pixels", [False, True])
 async def test_mlserver_masks_base64_pictures_as_segment_does(
-        mlserver: MLServer, start_stub: StubFactory) -> None:
+        mlserver: MLServer, start_stub: StubFactory, answer_pixels: bool) -> None:
     pngs = [slick_png(seed) for seed in (3, 4)]
     body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2, 1],
                         "parameters": {"content_type": "base64"},
                         "data": [base64.b64encode(png).decode() for png in pngs]}]}
-    status, answer = await infer(mlserver, body)
+    status, answer = await infer(mlserver, body, answer_pixels)
     assert status == 200, answer
     np.testing.assert_array_equal(mask_of(answer, 2), await segment_masks(await start_stub(), pngs))
 

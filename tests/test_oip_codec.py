@@ -231,7 +231,7 @@ def test_spec_chooses_a_named_input_among_several():
     (model("BYTES", []), "one PNG per image"),
     (model("UINT8", [-1, 0, 5]), "dimensions"),
     (model("UINT8", [-1, "x", 5]), "dimensions"),
-    (model("UINT8", [-1, -1, -1], [{"name": "mask", "datatype": "BYTES", "shape": [-1]}]),
+    (model("UINT8", [-1, -1, -1], [{"name": "mask", "datatype": "BF16", "shape": [-1]}]),
      "a mask is"),
     ({"name": "slicks", "inputs": [], "outputs": []}, "0 inputs"),
     ({"name": "slicks"}, "0 inputs"),
@@ -487,6 +487,82 @@ def test_binary_and_json_outputs_mixed_in_one_answer():
     assert got.mask.tolist() == (oil * 255).tolist() and got.confidence == [0.75]
 
 
+def picture_answer(pictures: list[bytes], binary: bool, shape: list[int] | None = None
+                   ) -> tuple[bytes, dict[str, str]]:
+    """A BYTES `mask` output of encoded pictures: binary as tritonclient frames it, JSON as
+    MLServer's Base64Codec writes it (shape [N, 1], base64 strings)."""
+    if binary:
+        elements = np.array(pictures, dtype=np.object_).reshape(shape or [len(pictures)])
+        return answer({"mask": ("BYTES", elements)}, True)
+    return json.dumps({"model_name": "slicks", "outputs": [{
+        "name": "mask", "datatype": "BYTES", "shape": shape or [len(pictures), 1],
+        "parameters": {"content_type": "base64"},
+        "data": [base64.b64encode(p).decode() for p in pictures]}]}).encode(), {}
+
+
+def encoded(oil: np.ndarray, mode: str, form: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    grey = Image.fromarray(oil.astype(np.uint8) * np.uint8(255), mode="L")
+    (grey.convert(mode) if mode != "L" else grey).save(out, form)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_bytes_mask_is_one_picture_per_image(binary):
+    """A mask output of BYTES (the bundled detector on MLServer answers so) holds one picture
+    per image, read as a /segment answer is: >= 128 is oil, whatever the picture's mode."""
+    spec = spec_for("BYTES", [-1], binary, outputs=[
+        {"name": "mask", "datatype": "BYTES", "shape": [-1, 1]}])
+    assert spec.mask_output == "mask"
+    rng = np.random.default_rng(7)
+    oil = rng.random((4, 6, 5)) < 0.4
+    pictures = [encoded(oil[0], "L"), encoded(oil[1], "1"), encoded(oil[2], "RGB"),
+                encoded(oil[3], "L", "BMP")]
+    for shape in ([4], [4, 1]):
+        body, headers = picture_answer(pictures, binary, shape)
+        got = decode(spec, body, headers, 4, (6, 5))
+        assert [g.mask.tolist() for g in got] == (oil * 255).tolist()
+    grey = np.array([[0, 127, 128, 255]], np.uint8)
+    body, headers = picture_answer([png(grey)], binary)
+    assert decode(spec, body, headers, 1, (1, 4))[0].mask.tolist() == [[0, 0, 255, 255]]
+
+
+def bad_pictures(binary: bool) -> dict[str, tuple[bytes, dict[str, str]]]:
+    good = encoded(np.eye(6, 5, dtype=bool), "L")
+    cases = {
+        "of another size": picture_answer([encoded(np.eye(5, 6, dtype=bool), "L")] * 2, binary),
+        "not a picture": picture_answer([good, b"<html>oops</html>"], binary),
+        "cut short": picture_answer([good, good[:len(good) // 2]], binary),
+        "one for two images": picture_answer([good], binary),
+        "three for two images": picture_answer([good] * 3, binary),
+        "not a list of pictures": picture_answer([good] * 2, binary, [1, 2]),
+    }
+    if binary:
+        body, headers = picture_answer([good] * 2, True)
+        header, raw = split(body, headers)
+        for name, size in (("element cut", len(raw) - 3), ("length cut", len(good) + 6)):
+            header["outputs"][0]["parameters"]["binary_data_size"] = size
+            text = json.dumps(header).encode()
+            cases[name] = text + raw[:size], {HEADER_LENGTH: str(len(text))}
+    else:
+        body, _ = picture_answer([good] * 2, False)
+        doc = json.loads(body)
+        for name, data in (("not base64", ["%%%", "%%%"]), ("numbers", [1, 2]),
+                           ("not ASCII", ["é", "é"])):
+            doc["outputs"][0]["data"] = data
+            cases[name] = json.dumps(doc).encode(), {}
+    return cases
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_bytes_mask_that_is_not_one_picture_per_image_is_a_bad_answer(binary):
+    spec = spec_for("BYTES", [-1], binary)
+    for case, (body, headers) in bad_pictures(binary).items():
+        with pytest.raises(OipBadAnswer, match="'mask'") as caught:
+            decode(spec, body, headers, 2, (6, 5))
+        assert "Traceback" not in str(caught.value), case
+
+
 # --- malformed answers ----------------------------------------------------------------------
 
 def good_binary() -> tuple[bytes, dict[str, str]]:
@@ -586,6 +662,29 @@ def test_any_damage_to_an_answer_is_a_bad_answer_or_a_mask(data):
     except OipBadAnswer:
         return
     assert len(got) == 2 and all(g.mask.shape == (40, 30) for g in got)
+    assert all(set(np.unique(g.mask)) <= {0, 255} for g in got)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_damage_to_a_picture_answer_is_a_bad_answer_or_a_mask(data):
+    binary = data.draw(st.booleans())
+    oil = data.draw(hnp.arrays(np.bool_, (2, 12, 10)))
+    body, headers = picture_answer([encoded(o, "L") for o in oil], binary)
+    at = data.draw(st.integers(0, len(body)))
+    damage = data.draw(st.sampled_from(["cut", "flip", "insert"]))
+    byte = data.draw(st.binary(min_size=1, max_size=1))
+    if damage == "cut":
+        body = body[:at]
+    elif damage == "flip" and at < len(body):
+        body = body[:at] + bytes([body[at] ^ byte[0]]) + body[at + 1:]
+    else:
+        body = body[:at] + byte + body[at:]
+    try:
+        got = decode(spec_for("BYTES", [-1], binary), body, headers, 2, (12, 10))
+    except OipBadAnswer:
+        return
+    assert len(got) == 2 and all(g.mask.shape == (12, 10) for g in got)
     assert all(set(np.unique(g.mask)) <= {0, 255} for g in got)
 
 
