@@ -153,6 +153,11 @@ class Settings:
         "OILSPILL_OVERLAY_MAX_PX", 1024,
         "Longest side of the overlay pictures (the input in grey with the oil tinted).",
         16, 16384)
+    max_slicks: int = _setting(
+        "OILSPILL_MAX_SLICKS", 2000,
+        "Most slicks of one image or scene outlined in its GeoJSON and overlay: the largest. "
+        "Every slick is still counted; a mask of noise costs a labelling per block instead "
+        "of a polygon per speck.", 0, 10_000_000)
     max_zip_entries: int = _setting(
         "OILSPILL_MAX_ZIP_ENTRIES", 10_000, "Most entries an uploaded zip may have.", 1)
     max_unpacked_bytes: int = _setting(
@@ -342,9 +347,10 @@ class SceneSettings:
     band: int
     max_pixels: int
     overlay_max_px: int
+    max_slicks: int
 
     @classmethod
     def of(cls, settings: Settings) -> SceneSettings:
         return cls(tile_px=settings.tile_px, overlap_px=settings.tile_overlap_px,
                    band=settings.scene_band, max_pixels=settings.max_scene_pixels,
-                   overlay_max_px=settings.overlay_max_px)
+                   overlay_max_px=settings.overlay_max_px, max_slicks=settings.max_slicks)

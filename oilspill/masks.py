@@ -322,9 +322,10 @@ def _read_inputs(image_path: Path, mask_path: Path, max_px: int
 
 
 def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, partial: Path,
-                   max_px: int) -> Path:
+                   max_px: int, *, max_slicks: int) -> Path:
     """The overlay of a mask, drawn on first use and kept (written whole at `partial`, then
-    renamed). Memory depends on max_px, not on the image. Raises UnreadableImage (the reason
+    renamed), the max_slicks largest slicks outlined. Memory depends on max_px and
+    max_slicks, not on the image. Raises UnreadableImage (the reason
     in user's terms) when the image or the mask cannot be read, FileNotFoundError when they
     are gone."""
     if out_path.exists():
@@ -344,7 +345,8 @@ def ensure_overlay(image_path: Path, mask_path: Path, out_path: Path, partial: P
     try:
         grey, oil, (width, height) = _read_inputs(image_path, mask_path, max_px)
         try:
-            slicks = slick_polygons(mask_path, block_rows=OUTLINE_BLOCK_ROWS)
+            slicks = slick_polygons(mask_path, block_rows=OUTLINE_BLOCK_ROWS,
+                                    max_slicks=max_slicks)
         except (BadMask, RasterioError) as exc:
             raise _Unreadable("the mask cannot be read") from exc
         render_overlay(grey, oil, partial)

@@ -168,7 +168,7 @@ def summary_rows(tasks: Sequence[Task], stems: dict[str, str],
     return rows
 
 
-def task_overlay(paths: JobPaths, task: Task, max_px: int) -> Path | None:
+def task_overlay(paths: JobPaths, task: Task, max_px: int, *, max_slicks: int) -> Path | None:
     """A done mask's overlay: a scene's quick-look, drawn by strips when it was stitched and
     never redrawn whole (None if it is gone), or a picture's, drawn on first use and kept.
     Raises UnreadableImage (why, in user's terms) or FileNotFoundError."""
@@ -184,7 +184,8 @@ def task_overlay(paths: JobPaths, task: Task, max_px: int) -> Path | None:
     try:
         drawn = ensure_overlay(paths.image(task.stored_name),
                                paths.result(ResultKind.MASK, task.result_name),
-                               overlay, paths.overlay_partial(task.result_name), max_px)
+                               overlay, paths.overlay_partial(task.result_name), max_px,
+                               max_slicks=max_slicks)
     except UnreadableImage as exc:
         # The user reads the reason; the log keeps the reader's own words (GDAL's) too.
         cause: BaseException = exc
@@ -202,8 +203,9 @@ class OverlayDrawings:
     the drawing (in a thread), the others wait for its result; a request on the event loop
     waits without holding a thread. What one drawing costs is then what six cost."""
 
-    def __init__(self, max_px: int) -> None:
+    def __init__(self, max_px: int, *, max_slicks: int) -> None:
         self._max_px = max_px
+        self._max_slicks = max_slicks
         # Drawings in flight by overlay path; the lock guards only this dict.
         self._lock = threading.Lock()
         self._flights: dict[Path, Future[Path | None]] = {}
@@ -225,7 +227,8 @@ class OverlayDrawings:
     def _fly(self, key: Path, flight: Future[Path | None], paths: JobPaths, task: Task
              ) -> None:
         try:
-            flight.set_result(task_overlay(paths, task, self._max_px))
+            flight.set_result(task_overlay(paths, task, self._max_px,
+                                           max_slicks=self._max_slicks))
         except BaseException as exc:  # every waiter gets it
             flight.set_exception(exc)
             if not isinstance(exc, Exception):
@@ -271,7 +274,7 @@ def _readme(left_out: Sequence[str], parts: frozenset[str] = ALL_PARTS) -> str:
 
 def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | None,
                   draw: DrawOverlay, left_out: dict[str, str], notes: list[str],
-                  parts: frozenset[str]) -> None:
+                  parts: frozenset[str], max_slicks: int) -> None:
     """A done task's overlay and slicks into the zip (those of `parts`); what cannot be made
     is noted, never raised: one bad image does not sink the zip."""
     _, overlay = _entries(task, stem)
@@ -295,7 +298,7 @@ def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | 
     # An image's own slicks sit beside its mask; spills.geojson holds them all anyway.
     if (spills := _spills_entry(task, stem)) and {"spills", "masks"} <= parts:
         try:
-            zf.write(task_spills(paths, task), spills)
+            zf.write(task_spills(paths, task, max_slicks=max_slicks), spills)
         except Exception:
             logger.exception("job %s task %s: slicks left out of the zip", task.job_id, task.id)
             notes.append(f"{spills}: its slicks could not be read from the mask (the server "
@@ -304,13 +307,13 @@ def _write_extras(zf: zipfile.ZipFile, paths: JobPaths, task: Task, stem: str | 
 
 def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int,
                      draw: DrawOverlay | None = None,
-                     parts: frozenset[str] = ALL_PARTS) -> Path:
+                     parts: frozenset[str] = ALL_PARTS, *, max_slicks: int) -> Path:
     """Write the job's result zip atomically: of `parts`, masks/ and results/ ("masks"),
     overlays/ ("overlays"), spills.geojson ("spills"; and spills/, each image's, with
     "masks" too), summary.csv and summary.json ("summary"); README.txt always. `draw`
     makes each overlay (by default: task_overlay)."""
     def draw_here(paths: JobPaths, task: Task) -> Path | None:
-        return task_overlay(paths, task, overlay_max_px)
+        return task_overlay(paths, task, overlay_max_px, max_slicks=max_slicks)
 
     draw = draw or draw_here
     stems = _zip_stems(tasks)
@@ -327,10 +330,11 @@ def build_result_zip(paths: JobPaths, tasks: Sequence[Task], overlay_max_px: int
                 # PNG and JPEG are compressed already: store them as they are.
                 zf.write(paths.result(task.result_kind, task.result_name), result,
                          compress_type=zipfile.ZIP_STORED)
-            _write_extras(zf, paths, task, stems.get(task.id), draw, left_out, notes, parts)
+            _write_extras(zf, paths, task, stems.get(task.id), draw, left_out, notes, parts,
+                          max_slicks)
         if "spills" in parts:
             try:
-                zf.write(job_spills(paths, tasks), "spills.geojson")
+                zf.write(job_spills(paths, tasks, max_slicks=max_slicks), "spills.geojson")
             except Exception:
                 logger.exception("job %s: spills.geojson left out of the zip", paths.job_id)
                 notes.append("spills.geojson: the job's slicks could not be gathered (the "
@@ -361,12 +365,14 @@ class JobNotFinished(Exception):
 class ResultArchives:
     """Builds each finished job's result zip at most once, even under concurrent requests."""
 
-    def __init__(self, store: Store, jobs_dir: Path, overlay_max_px: int) -> None:
+    def __init__(self, store: Store, jobs_dir: Path, overlay_max_px: int, *,
+                 max_slicks: int) -> None:
         self._store = store
         self._jobs_dir = jobs_dir
         self._overlay_max_px = overlay_max_px
+        self._max_slicks = max_slicks
         self._locks: dict[str, asyncio.Lock] = {}
-        self._overlays = OverlayDrawings(overlay_max_px)
+        self._overlays = OverlayDrawings(overlay_max_px, max_slicks=max_slicks)
 
     async def overlay(self, task: Task) -> Path | None:
         """A done mask's overlay (see task_overlay), drawn once even if many ask at once.
@@ -391,7 +397,8 @@ class ResultArchives:
                 if not paths.job_spills.is_file():
                     tasks = await self._store.list_tasks(job_id)
                     try:
-                        await asyncio.to_thread(job_spills, paths, tasks)
+                        await asyncio.to_thread(job_spills, paths, tasks,
+                                                max_slicks=self._max_slicks)
                     except Exception:
                         await self._unless_deleted(paths)
                         raise
@@ -426,7 +433,8 @@ class ResultArchives:
                 started = time.monotonic()
                 try:
                     await asyncio.to_thread(build_result_zip, paths, tasks,
-                                            self._overlay_max_px, self._overlays.draw, parts)
+                                            self._overlay_max_px, self._overlays.draw, parts,
+                                            max_slicks=self._max_slicks)
                 except Exception:
                     await self._unless_deleted(paths)
                     raise
@@ -455,13 +463,13 @@ class ResultArchives:
 # the thread that builds it, so that a server whose results nobody asks as GeoJSON never
 # loads them and the event loop never waits for them.
 
-def task_spills(paths: JobPaths, task: Task) -> Path:
+def task_spills(paths: JobPaths, task: Task, *, max_slicks: int) -> Path:
     """A done task's GeoJSON file (see spills.ensure_task_spills). Blocking."""
     from .spills import ensure_task_spills
-    return ensure_task_spills(paths, task)
+    return ensure_task_spills(paths, task, max_slicks=max_slicks)
 
 
-def job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
+def job_spills(paths: JobPaths, tasks: Sequence[Task], *, max_slicks: int) -> Path:
     """A finished job's spills.geojson (see spills.build_job_spills). Blocking."""
     from .spills import build_job_spills
-    return build_job_spills(paths, tasks)
+    return build_job_spills(paths, tasks, max_slicks=max_slicks)

@@ -206,7 +206,7 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
     draft = Draft(draft_path, info.width, info.height,
                   tile_grid(info.width, info.height, settings.tile_px, settings.overlap_px),
                   survey.valid_mask, overview=overview is not None,
-                  large_px=max(1, settings.tile_px // 2))
+                  large_px=max(1, settings.tile_px // 2), max_slicks=settings.max_slicks)
     return SceneContext(image, info, survey, stretch, calibration, table, draft,
                         SceneReader(image, info))
 
@@ -402,7 +402,8 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     render_quicklook(reader, mask, overlay, settings.overlay_max_px)
     spills = paths.spills(task.seq)
     figures = scene_spills(mask, _georef(ctx.info), ctx.info.width, ctx.info.height,
-                           task.filename, reader, ctx.stretch, spills, overlay, slicks)
+                           task.filename, reader, ctx.stretch, spills, overlay, slicks,
+                           max_slicks=settings.max_slicks)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,

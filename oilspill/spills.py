@@ -44,11 +44,13 @@ MATCH_PX = 3.0  # a slick's first pixel (its centre) is at most this far from it
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
                  grey: Reader, stretch: Stretch, out: Path, overlay: Path,
-                 pixel_slicks: Sequence[PixelSlick] | None = None) -> dict[str, Any]:
-    """Write a scene's slicks (given, or traced from the mask) as GeoJSON at `out` and draw
-    their outlines and ids on its overlay; returns the figures for its summary."""
+                 pixel_slicks: Sequence[PixelSlick] | None = None, *,
+                 max_slicks: int) -> dict[str, Any]:
+    """Write a scene's slicks (given, or traced from the mask: the max_slicks largest) as
+    GeoJSON at `out` and draw their outlines and ids on its overlay; returns the figures
+    for its summary."""
     if pixel_slicks is None:
-        pixel_slicks = slick_polygons(mask)
+        pixel_slicks = slick_polygons(mask, max_slicks=max_slicks)
     contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
     slicks = locate(pixel_slicks, georef, contrast_db=contrast)
     if slicks:  # drawn with the ids the GeoJSON gives them
@@ -66,16 +68,16 @@ def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str
     return figures
 
 
-def ensure_task_spills(paths: JobPaths, task: Task) -> Path:
+def ensure_task_spills(paths: JobPaths, task: Task, *, max_slicks: int) -> Path:
     """A done task's GeoJSON: a scene's (written when stitched), or a plain mask's slicks in
-    pixel coordinates, made on first use and kept."""
+    pixel coordinates (the max_slicks largest), made on first use and kept."""
     out = paths.spills(task.seq)
     if out.is_file():
         return out
     if task.result_kind is not ResultKind.MASK or task.result_name is None:
         raise FileNotFoundError(out)
     mask = paths.result(ResultKind.MASK, task.result_name)
-    pixel_slicks = slick_polygons(mask)
+    pixel_slicks = slick_polygons(mask, max_slicks=max_slicks)
     slicks = locate(pixel_slicks, Georef(), confidence=mask_confidence(mask, pixel_slicks))
     out.parent.mkdir(exist_ok=True)
     write_geojson(out, feature_collection(slicks, image=task.filename, pixel=True))
@@ -168,12 +170,13 @@ def _index(value: object) -> int | None:
     return None
 
 
-def build_job_spills(paths: JobPaths, tasks: Sequence[Task]) -> Path:
+def build_job_spills(paths: JobPaths, tasks: Sequence[Task], *, max_slicks: int) -> Path:
     """The job's GeoJSON, from its done tasks' files (see the module docstring)."""
     collections = []
     for task in tasks:
         if task.result_kind is ResultKind.MASK and task.result_name is not None:
-            with open(ensure_task_spills(paths, task), encoding="utf-8") as fh:
+            with open(ensure_task_spills(paths, task, max_slicks=max_slicks),
+                      encoding="utf-8") as fh:
                 collections.append(json.load(fh))
     placed = [c for c in collections if c.get("properties") != PIXEL]
     merged = merge_collections(placed or collections or [

@@ -414,9 +414,11 @@ class WorkerPool:
         await self._recorder.done(task.id, outcome, files)
         self._forget_scene(task)
         await asyncio.to_thread(_drop_work, paths, task.seq)
-        logger.info("job %s task %s: done %s, scene of %d tiles, oil fraction %.4f, %d slicks",
-                    task.job_id, task.id, task.filename, (outcome.scene or {}).get("tiles", 0),
-                    outcome.oil_fraction or 0.0, outcome.slick_count or 0)
+        scene = outcome.scene or {}
+        logger.info("job %s task %s: done %s, scene of %d tiles, oil fraction %.4f, %d slicks "
+                    "(%d outlined)", task.job_id, task.id, task.filename, scene.get("tiles", 0),
+                    outcome.oil_fraction or 0.0, outcome.slick_count or 0,
+                    scene.get("slick_polygons", 0))
 
 
 ImageRead = tuple[int, int, bytes | Path] | UnreadableImage

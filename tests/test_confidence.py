@@ -123,7 +123,7 @@ def test_a_pictures_geojson_carries_each_slicks_confidence(tmp_path: Path) -> No
         values[pixels] = mean + noise - noise.mean()
     assert all(0 <= v <= 1 for s in slicks for v in values[s])
     paths, task = done_task(tmp_path / "jobs", mask, values)
-    got = features(ensure_task_spills(paths, task))
+    got = features(ensure_task_spills(paths, task, max_slicks=2000))
     assert {n: p["pixels"] for n, p in got.items()} == {
         n: int(s.sum()) for n, s in enumerate(slicks, start=1)}
     for slick_id, pixels in enumerate(slicks, start=1):
@@ -147,7 +147,7 @@ def test_without_a_usable_confidence_it_stays_null(tmp_path: Path, text: str | N
         paths, task = done_task(tmp_path / "jobs", mask, None)
     else:
         paths, task = done_task(tmp_path / "jobs", mask, None, text)
-    got = features(ensure_task_spills(paths, task))
+    got = features(ensure_task_spills(paths, task, max_slicks=2000))
     assert len(got) == 3
     assert all(p["confidence"] is None for p in got.values())
 

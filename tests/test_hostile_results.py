@@ -159,7 +159,8 @@ def test_deep_pictures_are_stretched_into_an_overlay(tmp_path, values):
     oil = np.zeros(values.shape, np.uint8)
     oil[30:40, 20:70] = 255
     Image.fromarray(oil).save(mask)
-    out = ensure_overlay(image, mask, tmp_path / "overlay.png", tmp_path / ".part", 48)
+    out = ensure_overlay(image, mask, tmp_path / "overlay.png", tmp_path / ".part", 48,
+                         max_slicks=2000)
     with Image.open(out) as overlay:
         rgb = np.asarray(overlay.convert("RGB"))
     assert rgb.shape[:2] == (36, 48) and tinted(rgb).any()
@@ -374,7 +375,7 @@ async def test_concurrent_first_requests_draw_an_overlay_once(tmp_path, caplog):
     task = done_task(jobs_dir, 4000)
     store = await Store.open(tmp_path / "db.sqlite3")
     try:
-        archives = ResultArchives(store, jobs_dir, 512)
+        archives = ResultArchives(store, jobs_dir, 512, max_slicks=2000)
         in_thread = asyncio.to_thread(archives.draw_overlay, task)
         results = await asyncio.gather(*(archives.overlay(task) for _ in range(6)), in_thread)
     finally:
@@ -403,9 +404,10 @@ MEMORY_SCRIPT = textwrap.dedent("""
     image, mask, out = (Path(a) for a in sys.argv[1:4])
     warm = out.with_name("warm.png")  # GDAL's drivers registered, first allocations made
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(warm)
-    ensure_overlay(warm, warm, out.with_name("warm-overlay.png"), out.with_name(".w"), 8)
+    ensure_overlay(warm, warm, out.with_name("warm-overlay.png"), out.with_name(".w"), 8,
+                   max_slicks=2000)
     before = hwm()
-    ensure_overlay(image, mask, out, out.with_name(".part"), 1024)
+    ensure_overlay(image, mask, out, out.with_name(".part"), 1024, max_slicks=2000)
     print(hwm() - before)
 """)
 

@@ -40,12 +40,12 @@ class Draft:
     path: the draft file, already created. tiles: the scene's tile grid, whose cores
     partition it. valid(window): the scene's valid area. overview: whether the scene has an
     overview unit, whose large slicks (large_px and over, see stitch.py) must be in before
-    any row is final.
+    any row is final. max_slicks: the most slicks outlined (SlickTracer; all are counted).
     """
 
     def __init__(self, path: Path, width: int, height: int, tiles: Sequence[Tile],
                  valid: Callable[[Window], np.ndarray], *, overview: bool,
-                 large_px: int) -> None:
+                 large_px: int, max_slicks: int | None = None) -> None:
         self.path, self.width, self.height = path, width, height
         self._valid = valid
         self._large_px = large_px
@@ -62,7 +62,8 @@ class Draft:
             if rows != tile.core_height:
                 raise ValueError(f"tile {tile.index}: its core is not in a band of rows")
             waiting.add(tile.index)
-        self._tracer = SlickTracer()
+        self._max_slicks = max_slicks
+        self._tracer = SlickTracer(max_slicks=max_slicks)
         self._traced_to = 0  # rows above this are counted and traced
         self._stale = False  # a traced row was written again: trace afresh at the end
         self._valid_pixels = self._oil_pixels = 0
@@ -144,7 +145,8 @@ class Draft:
             with self._lock:
                 self._awaiting_overview = False  # none came: the scene has none
                 if self._stale:
-                    self._tracer, self._traced_to = SlickTracer(), 0
+                    self._tracer = SlickTracer(max_slicks=self._max_slicks)
+                    self._traced_to = 0
                     self._valid_pixels = self._oil_pixels = 0
                     self._stale = False
             self._trace(self._traced_to, self.height - self._traced_to)
@@ -153,8 +155,8 @@ class Draft:
         valid, oil = self._valid_pixels, self._oil_pixels
         return MaskStats(width=self.width, height=self.height, valid_pixels=valid,
                          oil_pixels=oil, oil_fraction=oil / valid if valid else 0.0,
-                         slick_count=len(slicks),
-                         largest_slick_px=max((s.pixels for s in slicks), default=0)), slicks
+                         slick_count=self._tracer.count,
+                         largest_slick_px=self._tracer.largest), slicks
 
     def _next_final(self, peek: bool = False) -> tuple[int, int] | None:
         """(first row, rows) of the next band to trace if it is final."""

@@ -25,6 +25,7 @@ Blocking: run in a thread.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,12 +100,13 @@ class Slick:
     confidence: float | None = None
 
 
-def slick_polygons(mask_path: Path, *, block_rows: int = 1024,
-                   simplify_px: float = 1.0) -> list[PixelSlick]:
-    """The slicks of a mask file (band 1, oil >= 128, nodata never oil), read by blocks."""
+def slick_polygons(mask_path: Path, *, block_rows: int = 1024, simplify_px: float = 1.0,
+                   max_slicks: int | None = None) -> list[PixelSlick]:
+    """The slicks of a mask file (band 1, oil >= 128, nodata never oil), read by blocks:
+    all, or the max_slicks largest (see SlickTracer)."""
     if block_rows < 1:
         raise ValueError(f"need block_rows >= 1, got {block_rows}")
-    tracer = SlickTracer(simplify_px)
+    tracer = SlickTracer(simplify_px, max_slicks)
     with rasterio.Env(**GDAL_OPTIONS), rasterio.open(mask_path) as src:
         if src.count != 1 or src.dtypes[0] != "uint8":
             raise BadMask(f"{mask_path.name}: {src.count} band(s) of {src.dtypes[0]}; "
@@ -127,15 +129,30 @@ class SlickTracer:
     Each block's oil is polygonised, its pieces joined to those above them that they touch,
     and a slick is finished (unioned, simplified within simplify_px) as soon as none of its
     pieces reaches the last row fed: memory depends on a block and the open slicks.
+
+    max_slicks (None: no limit) bounds the outlines kept to the largest ones by pixel count
+    (among slicks of one size, those finished first): every slick is still counted (`count`,
+    `largest`), but a slick that cannot be among the max_slicks largest is not outlined.
+    When a block may hold more slicks than there is room for, its slicks lying wholly inside
+    it are measured by labelling first, and those too small are never polygonised: a mask
+    of speckle (a model's noise) costs a labelling per block, not a polygon per speck.
     Blocking (GDAL's polygoniser holds the GIL for the block; GEOS releases it).
     """
 
-    def __init__(self, simplify_px: float = 1.0) -> None:
+    def __init__(self, simplify_px: float = 1.0, max_slicks: int | None = None) -> None:
         if simplify_px < 0:
             raise ValueError(f"need simplify_px >= 0, got {simplify_px}")
+        if max_slicks is not None and max_slicks < 0:
+            raise ValueError(f"need max_slicks >= 0 or None, got {max_slicks}")
         self._simplify_px = simplify_px
+        self._max = max_slicks
         self._joiner = _Joiner()
-        self._done: list[tuple[Outline, int]] = []
+        # The outlines kept, a min-heap: (pixels, -finishing order, outline).
+        self._kept: list[tuple[int, int, Outline]] = []
+        self._finished = 0
+        self.count = 0  # slicks finished, outlined or not
+        self.pieces = 0  # polygons made from GDAL's (pieces of slicks, block by block)
+        self.largest = 0  # the largest one's pixel count
         self.bottom = 0  # the first row not fed yet
 
     def add(self, oil: npt.NDArray[np.bool_], top: int) -> None:
@@ -144,14 +161,24 @@ class SlickTracer:
             raise ValueError(f"blocks must follow each other: row {self.bottom} expected, "
                              f"got {top}")
         bottom = top + oil.shape[0]
-        closed = self._joiner.add(_outlines(oil, top), top, bottom)
-        self._done += [_finished(group, self._simplify_px) for group in closed]
+        block = _Packed.of(oil, top)
+        if block is not None and self._max is not None:
+            room = self._max - len(self._kept)
+            if room <= 0 or _at_most_pieces(block.oil) > room:
+                block.oil = self._without_small(block, bottom, self._max)
+        pieces = [_piece(rings) for rings in block.polygons()] if block is not None else []
+        self.pieces += len(pieces)
+        for group in self._joiner.add(pieces, top, bottom):
+            self._keep(group)
         self.bottom = bottom
 
     def finish(self) -> list[PixelSlick]:
-        """Every slick, numbered (see PixelSlick), once the last block is in."""
-        done = self._done + [_finished(group, self._simplify_px)
-                             for group in self._joiner.groups]  # those reaching the end
+        """The slicks outlined (all, or the max_slicks largest), numbered (see PixelSlick),
+        once the last block is in; `count` is then every slick's."""
+        for group in self._joiner.groups:  # those reaching the end
+            self._keep(group)
+        self._joiner.groups, self._joiner.edge = [], []
+        done = [(outline, pixels) for pixels, _, outline in self._kept]
 
         def order(item: tuple[Outline, int]) -> tuple[int, float, float]:
             centroid = item[0].centroid
@@ -161,33 +188,110 @@ class SlickTracer:
         return [PixelSlick(slick_id=number, polygon=outline, pixels=pixels)
                 for number, (outline, pixels) in enumerate(done, start=1)]
 
+    def _keep(self, group: _Group) -> None:
+        """Count a finished slick, and outline it unless max_slicks larger ones are kept."""
+        self.count += 1
+        self.largest = max(self.largest, group.pixels)
+        full = self._max is not None and len(self._kept) >= self._max
+        if full and (not self._kept or group.pixels <= self._kept[0][0]):
+            return
+        outline, pixels = _finished(group, self._simplify_px)
+        self._finished += 1
+        item = (pixels, -self._finished, outline)
+        if not full:
+            heapq.heappush(self._kept, item)
+        else:
+            heapq.heapreplace(self._kept, item)
 
-def _outlines(oil: npt.NDArray[np.bool_], top: int) -> list[tuple[Outline, int]]:
-    """The 8-connected pieces of a block's oil, in scene pixels: GDAL's polygons, as valid
-    outlines, with their pixel counts."""
-    # GDAL scans every pixel it is given, and most are sea: it is given only the runs of
-    # columns with oil, side by side with one empty column between them (oil apart by an
-    # empty column is never 8-connected), cropped to the rows with oil: one call per block.
-    columns = np.flatnonzero(oil.any(axis=0))
-    if columns.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(columns) > RUN_GAP_PX)
-    firsts = np.concatenate([columns[:1], columns[breaks + 1]])
-    lasts = np.concatenate([columns[breaks], columns[-1:]])
-    widths = lasts - firsts + 1
-    starts = np.concatenate([[0], np.cumsum(widths + 1)[:-1]])  # of each run, side by side
-    rows = np.flatnonzero(oil[:, columns].any(axis=1))
-    packed = np.zeros((rows[-1] - rows[0] + 1, int(starts[-1] + widths[-1])), bool)
-    for first, start, width in zip(firsts, starts, widths, strict=True):
-        packed[:, start:start + width] = oil[rows[0]:rows[-1] + 1, first:first + width]
-    found = []
-    for geometry, _ in shapes(packed.view(np.uint8), mask=packed, connectivity=8):
-        rings = [np.asarray(ring, np.float64) for ring in geometry["coordinates"]]
-        # Back from the packed columns to the scene's: the run the polygon is in.
-        run = int(np.searchsorted(starts, rings[0][0, 0], side="right")) - 1
-        shift = np.array([firsts[run] - starts[run], top + rows[0]], np.float64)
-        found.append(_piece([ring + shift for ring in rings]))
-    return found
+    def _without_small(self, block: _Packed, bottom: int, most: int) -> npt.NDArray[np.bool_]:
+        """The block's oil without the slicks lying wholly inside it (touching neither its
+        first row nor row bottom - 1) that cannot be among the `most` largest, given those
+        kept: they are counted here and never polygonised."""
+        from ..masks import label_slicks  # scipy: loaded with the first upload
+
+        oil = block.oil
+        labels, found = label_slicks(oil)
+        sizes = np.bincount(labels.ravel(), minlength=found + 1)
+        inner = np.ones(found + 1, bool)
+        inner[0] = False
+        if block.top == self.bottom:  # may go on in the block above
+            inner[labels[0]] = False
+        if block.top + oil.shape[0] == bottom:  # or in the block below
+            inner[labels[-1]] = False
+        kept = np.array([pixels for pixels, _, _ in self._kept], np.int64)
+        pool = np.concatenate([kept, sizes[inner]])
+        drop = np.zeros(found + 1, bool)
+        if most == 0:
+            drop = inner
+        elif pool.size > most:
+            cut = np.partition(pool, pool.size - most)[pool.size - most]  # most-th largest
+            drop = inner & (sizes < cut)
+            # Slicks of the cut's size fill the slots left, those kept first (finished
+            # earlier), then this block's in the order of their first pixel.
+            slots = most - int(np.count_nonzero(pool > cut)) - int(np.count_nonzero(kept == cut))
+            drop[np.flatnonzero(inner & (sizes == cut))[max(slots, 0):]] = True
+        dropped = int(np.count_nonzero(drop))
+        if not dropped:
+            return oil
+        self.count += dropped
+        self.largest = max(self.largest, int(sizes[drop].max()))
+        kept_oil: npt.NDArray[np.bool_] = oil & ~drop[labels]
+        return kept_oil
+
+
+@dataclass
+class _Packed:
+    """A block's oil as GDAL is given it: most of a block is sea, and GDAL scans every pixel,
+    so only the runs of columns with oil are kept, side by side with one empty column
+    between them (oil apart by an empty column is never 8-connected), and only the rows
+    with oil. oil: that array; top: the scene row of its first row; firsts: each run's first
+    scene column; starts: each run's first column in `oil`."""
+
+    oil: npt.NDArray[np.bool_]
+    top: int
+    firsts: npt.NDArray[np.intp]
+    starts: npt.NDArray[np.intp]
+
+    @classmethod
+    def of(cls, oil: npt.NDArray[np.bool_], top: int) -> _Packed | None:
+        """The block of rows top, top + 1, ... packed; None without oil."""
+        columns = np.flatnonzero(oil.any(axis=0))
+        if columns.size == 0:
+            return None
+        breaks = np.flatnonzero(np.diff(columns) > RUN_GAP_PX)
+        firsts = np.concatenate([columns[:1], columns[breaks + 1]])
+        lasts = np.concatenate([columns[breaks], columns[-1:]])
+        widths = lasts - firsts + 1
+        starts = np.concatenate([[0], np.cumsum(widths + 1)[:-1]])
+        rows = np.flatnonzero(oil[:, columns].any(axis=1))
+        packed = np.zeros((rows[-1] - rows[0] + 1, int(starts[-1] + widths[-1])), bool)
+        for first, start, width in zip(firsts, starts, widths, strict=True):
+            packed[:, start:start + width] = oil[rows[0]:rows[-1] + 1, first:first + width]
+        return cls(packed, top + int(rows[0]), firsts, starts)
+
+    def polygons(self) -> list[list[Coords]]:
+        """GDAL's polygons of the oil (each its rings' vertices, in scene pixels): one per
+        8-connected piece."""
+        found = []
+        for geometry, _ in shapes(self.oil.view(np.uint8), mask=self.oil, connectivity=8):
+            rings = [np.asarray(ring, np.float64) for ring in geometry["coordinates"]]
+            # Back from the packed columns to the scene's: the run the polygon is in.
+            run = int(np.searchsorted(self.starts, rings[0][0, 0], side="right")) - 1
+            shift = np.array([self.firsts[run] - self.starts[run], self.top], np.float64)
+            found.append([ring + shift for ring in rings])
+        return found
+
+
+def _at_most_pieces(oil: npt.NDArray[np.bool_]) -> int:
+    """An upper bound of the 8-connected pieces of oil, cheap beside labelling them: the oil
+    pixels with no oil before them (left, up-left, up, up-right). A piece's first pixel in
+    row order is one of them."""
+    first = oil.copy()
+    first[:, 1:] &= ~oil[:, :-1]
+    first[1:] &= ~oil[:-1]
+    first[1:, 1:] &= ~oil[:-1, :-1]
+    first[1:, :-1] &= ~oil[:-1, 1:]
+    return int(np.count_nonzero(first))
 
 
 @dataclass
@@ -404,7 +508,7 @@ def _length_m(metric: Outline, laea: Transformer) -> float:
 
 
 def places(mask_path: Path, georef: Georef, *, block_rows: int = 1024,
-           simplify_px: float = 1.0) -> list[Slick]:
+           simplify_px: float = 1.0, max_slicks: int | None = None) -> list[Slick]:
     """The slicks of a mask file as places (pixel-only without a usable georeference)."""
-    return locate(slick_polygons(mask_path, block_rows=block_rows, simplify_px=simplify_px),
-                  georef)
+    return locate(slick_polygons(mask_path, block_rows=block_rows, simplify_px=simplify_px,
+                                 max_slicks=max_slicks), georef)

@@ -208,7 +208,8 @@ async def get_task_spills(request: web.Request) -> web.FileResponse:
         raise ApiError(404, "not_found", f"task {task.id} has no mask, so no slicks")
     paths = JobPaths(request.app[keys.SETTINGS].jobs_dir, task.job_id)
     try:
-        path = await asyncio.to_thread(task_spills, paths, task)
+        path = await asyncio.to_thread(task_spills, paths, task,
+                                       max_slicks=request.app[keys.SETTINGS].max_slicks)
     except (OSError, BadMask) as exc:  # files gone with a deletion meanwhile
         raise ApiError(404, "not_found", f"task {task.id} has no slicks file") from exc
     return ResultFile(path, headers={"Content-Type": GEOJSON})

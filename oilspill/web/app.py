@@ -68,7 +68,8 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
                        requeued)
     await recover_files(store, settings.jobs_dir)
     app[keys.STORE] = store
-    app[keys.ARCHIVES] = ResultArchives(store, settings.jobs_dir, settings.overlay_max_px)
+    app[keys.ARCHIVES] = ResultArchives(store, settings.jobs_dir, settings.overlay_max_px,
+                                        max_slicks=settings.max_slicks)
     yield
     await store.close()
 
