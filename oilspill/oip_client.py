@@ -109,6 +109,21 @@ def mask_png(mask: npt.NDArray[np.uint8], text: str | None = None) -> bytes:
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _chunk(b"IEND", b""))
 
 
+def kept_confidence(png: bytes) -> str | None:
+    """The confidence text mask_png keeps in a mask (its tEXt chunk before the pixels), or
+    None: read from the chunk itself, nothing decoded."""
+    marker = b"tEXt" + CONFIDENCE_KEY.encode() + b"\0"
+    at = png.find(marker, 0, max(png.find(b"IDAT"), 0))
+    if at < 4:
+        return None
+    (length,) = struct.unpack(">I", png[at - 4:at])
+    start = at + len(marker)
+    end = at + 4 + length
+    if end > len(png) or start > end:
+        return None
+    return png[start:end].decode("latin-1")
+
+
 def confidence_text(values: list[float], mask: npt.NDArray[np.uint8]) -> str | None:
     """The model's `confidence` for one image as the JSON kept with its mask.
 

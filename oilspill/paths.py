@@ -158,6 +158,10 @@ class JobPaths:
         tile is done); rebuilt by a process that did not write it."""
         return self.scene_work(seq) / "mask-draft.tif"
 
+    def tile_confidence(self, seq: int, idx: int) -> Path:
+        """A scene tile's confidence records (geo/confidence.py), when its mask keeps one."""
+        return self.scene_work(seq) / f"{idx:06d}.conf"
+
     def overview_grey(self, seq: int) -> Path:
         """The scene brought down to one tile as it was sent: the quick-look's picture."""
         return self.scene_work(seq) / "overview.png"

@@ -15,6 +15,7 @@ Blocking: the worker runs these in threads. Memory depends on one tile, never th
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from rasterio.windows import Window
 
 from .config import SceneSettings as SceneSettings
 from .geo import GDAL_OPTIONS
+from .geo.confidence import slick_confidence
 from .geo.draft import Draft
 from .geo.quicklook import render_quicklook
 from .geo.safe import Calibration
@@ -53,6 +55,7 @@ from .geo.stitch import Georef, create_draft, write_cog
 from .geo.tiles import Tile, overview_shape, tile_grid
 from .jobs import NewTile, ResultKind, Task, TaskOutcome, TileUnit, UnitKind
 from .masks import UnreadableImage, is_mask
+from .oip_client import kept_confidence
 from .paths import JobPaths, partial_beside, result_name
 from .spills import scene_spills
 
@@ -206,7 +209,8 @@ def open_scene(paths: JobPaths, task: Task, settings: SceneSettings) -> SceneCon
     draft = Draft(draft_path, info.width, info.height,
                   tile_grid(info.width, info.height, settings.tile_px, settings.overlap_px),
                   survey.valid_mask, overview=overview is not None,
-                  large_px=max(1, settings.tile_px // 2), max_slicks=settings.max_slicks)
+                  large_px=max(1, settings.tile_px // 2), max_slicks=settings.max_slicks,
+                  records=functools.partial(paths.tile_confidence, task.seq))
     return SceneContext(image, info, survey, stretch, calibration, table, draft,
                         SceneReader(image, info))
 
@@ -312,7 +316,10 @@ def keep_unit_mask(ctx: SceneContext, answer: bytes | Path | None, sent: bytes |
     if unit.kind is UnitKind.TILE:
         band = np.zeros((height, width), np.uint8) if answer is None else _decoded(
             answer if isinstance(answer, bytes) else target)
-        ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core), band)
+        text = None
+        if answer is not None:
+            text = kept_confidence(answer if isinstance(answer, bytes) else target.read_bytes())
+        ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core), band, text)
         return [target]
     ctx.draft.add_overview(target)
     if sent is None:
@@ -379,9 +386,13 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
         ctx.draft.add_overview(paths.tile_mask(task.seq, overviews[0].idx))
     for unit in tiles:  # those another process did
         if unit.idx not in ctx.draft.written:
-            ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core),
-                            paths.tile_mask(task.seq, unit.idx))
+            mask = paths.tile_mask(task.seq, unit.idx)
+            ctx.draft.write(Tile(unit.idx, *unit.window, *unit.core), mask,
+                            kept_confidence(mask.read_bytes()))
     stats, slicks = ctx.draft.finish()
+    records = [path for unit in tiles if (path := paths.tile_confidence(task.seq, unit.idx))
+               .is_file()]
+    confidence = slick_confidence(records, slicks)
     name = result_name(task.seq, MASK_EXTENSION)
     mask = paths.result(ResultKind.MASK, name)
     write_cog(ctx.draft.path, mask, paths.mask_partial(name))
@@ -403,7 +414,7 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     spills = paths.spills(task.seq)
     figures = scene_spills(mask, _georef(ctx.info), ctx.info.width, ctx.info.height,
                            task.filename, reader, ctx.stretch, spills, overlay, slicks,
-                           max_slicks=settings.max_slicks)
+                           max_slicks=settings.max_slicks, confidence=confidence)
     outcome = TaskOutcome(
         width=ctx.info.width, height=ctx.info.height, result_kind=ResultKind.MASK,
         result_name=name, oil_pixels=stats.oil_pixels, oil_fraction=stats.oil_fraction,

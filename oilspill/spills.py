@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from rasterio.features import rasterize
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from .geo.confidence import MATCH_PX, slick_entries
 from .geo.geojson import PIXEL, feature_collection, merge_collections, write_geojson
 from .geo.polygons import PixelSlick, Slick, locate, located, slick_polygons, to_lonlat
 from .geo.scale import Stretch
@@ -39,20 +40,20 @@ from .paths import JobPaths, partial_beside
 
 Reader = Callable[[Window, tuple[int, int]], np.ndarray]
 CONTRAST_PX = 1024  # the picture slicks' contrast is measured on, longest side
-MATCH_PX = 3.0  # a slick's first pixel (its centre) is at most this far from its outline
 
 
 def scene_spills(mask: Path, georef: Georef, width: int, height: int, image: str,
                  grey: Reader, stretch: Stretch, out: Path, overlay: Path,
                  pixel_slicks: Sequence[PixelSlick] | None = None, *,
-                 max_slicks: int) -> dict[str, Any]:
+                 max_slicks: int, confidence: Mapping[int, float] | None = None
+                 ) -> dict[str, Any]:
     """Write a scene's slicks (given, or traced from the mask: the max_slicks largest) as
     GeoJSON at `out` and draw their outlines and ids on its overlay; returns the figures
-    for its summary."""
+    for its summary. confidence: the model's, by slick_id (geo/confidence.py)."""
     if pixel_slicks is None:
         pixel_slicks = slick_polygons(mask, max_slicks=max_slicks)
     contrast = _contrast_db(pixel_slicks, grey, stretch, width, height)
-    slicks = locate(pixel_slicks, georef, contrast_db=contrast)
+    slicks = locate(pixel_slicks, georef, contrast_db=contrast, confidence=confidence)
     if slicks:  # drawn with the ids the GeoJSON gives them
         partial = partial_beside(overlay)
         try:
@@ -100,7 +101,7 @@ def mask_confidence(mask_path: Path, slicks: Sequence[PixelSlick]) -> dict[int, 
             text = image.info.get(CONFIDENCE_KEY)
             if text is None and isinstance(image, PngImagePlugin.PngImageFile):
                 text = image.text.get(CONFIDENCE_KEY)  # a chunk after the pixels
-            entries = _slick_entries(text)
+            entries = slick_entries(text)
             if not entries or not slicks or image.mode not in ("L", "P"):
                 return {}
             band: npt.NDArray[np.uint8] = np.asarray(image, np.uint8)
@@ -135,39 +136,6 @@ def mask_confidence(mask_path: Path, slicks: Sequence[PixelSlick]) -> dict[int, 
             found[slicks[o].slick_id] = values[p]
             taken.add(p)
     return found
-
-
-def _slick_entries(text: object) -> list[tuple[int, int, float]]:
-    """The (row, col, confidence) of a kept confidence's `"slicks"`, values outside [0, 1]
-    left out; nothing when the text is not that, or an entry is malformed."""
-    if not isinstance(text, str):
-        return []
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError):
-        return []
-    slicks = doc.get("slicks") if isinstance(doc, dict) else None
-    if not isinstance(slicks, list):
-        return []
-    entries = []
-    for entry in slicks:
-        if not isinstance(entry, dict):
-            return []
-        row, col = _index(entry.get("row")), _index(entry.get("col"))
-        value = entry.get("confidence")
-        if (row is None or col is None or not isinstance(value, (int, float))
-                or isinstance(value, bool)):
-            return []
-        if math.isfinite(value) and 0 <= value <= 1:
-            entries.append((row, col, float(value)))
-    return entries
-
-
-def _index(value: object) -> int | None:
-    """A row or column: a non-negative JSON integer, else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def build_job_spills(paths: JobPaths, tasks: Sequence[Task], *, max_slicks: int) -> Path:

@@ -35,6 +35,7 @@ from oilspill.paths import JobPaths, new_id
 from oilspill.spills import ensure_task_spills, mask_confidence
 
 from .conftest import StubFactory, zip_bytes
+from .georef import UTM_TRANSFORM, amplitude_u16, band, damp, sea, write_tif
 from .procs import SERVER_ARGS, Api, clean_env, free_port, server_env, stub_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -289,3 +290,42 @@ async def test_a_job_through_an_oip_model_without_confidence_has_it_null(
         servers: dict[bool, str]) -> None:
     found = await job_features(servers[False])
     assert all(p["confidence"] is None for p in found), found
+
+
+def scene_tif(tmp_path: Path) -> bytes:
+    """A 1,400 x 1,200 UTM scene (four tiles of the default 1,024 px, and an overview) with a
+    long slick across the tiles' core boundaries and a small one inside one core."""
+    height, width = 1200, 1400
+    slicks = (band((height, width), (600, 700), 900, 40, 25)
+              | band((height, width), (200, 250), 120, 30, -10))
+    data = amplitude_u16(damp(sea(height, width, seed=7), slicks))
+    return write_tif(tmp_path / "scene.tif", data, crs="EPSG:32633",
+                     transform=UTM_TRANSFORM).read_bytes()
+
+
+@pytest.mark.parametrize("flag", [True, False])
+async def test_a_scenes_slicks_carry_the_confidence_of_their_tiles(
+        servers: dict[bool, str], tmp_path: Path, flag: bool) -> None:
+    """A scene through the real stub's OIP model: each slick stitched from its tiles has
+    the model's mean confidence (the long one's pixels mostly inside it: near 1), or null
+    when the model gives none."""
+    async with aiohttp.ClientSession() as session:
+        api = Api(session, servers[flag])
+        accepted = await api.upload(zip_bytes({"scene.tif": scene_tif(tmp_path)}))
+        job = await api.wait_job(accepted["job_id"], timeout_s=60)
+        assert (job["done"], job["failed"]) == (1, 0), job
+        (task_id,) = accepted["task_ids"]
+        task = await read_json(session, f"{servers[flag]}/api/task/{task_id}")
+        assert task["result"]["scene"]["tiles"] == 4
+        collection = await read_json(session, f"{servers[flag]}/api/task/{task_id}/"
+                                              "spills.geojson")
+    found = [f["properties"] for f in collection["features"]]
+    assert len(found) >= 2 and found[0]["area_km2"] > 0.2, found
+    if not flag:
+        assert all(p["confidence"] is None for p in found), found
+        return
+    assert all(isinstance(p["confidence"], float) and 0 < p["confidence"] <= 1
+               for p in found), found
+    print("\nscene slicks (area km2, confidence):",
+          [(p["area_km2"], p["confidence"]) for p in found])
+    assert found[0]["confidence"] > 0.8, found[0]

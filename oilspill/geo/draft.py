@@ -26,8 +26,18 @@ from rasterio.windows import Window
 
 from ..masks import OIL_LEVEL
 from . import GDAL_OPTIONS
+from .confidence import RECORD, core_records, write_records
 from .polygons import PixelSlick, SlickTracer
-from .stitch import NODATA, OIL, MaskStats, add_large, large_components, tile_core, upsample
+from .stitch import (
+    NODATA,
+    OIL,
+    MaskStats,
+    add_large,
+    large_components,
+    read_mask,
+    tile_core,
+    upsample,
+)
 from .tiles import Tile
 
 TRACE_ROWS = 256  # rows read and polygonised at once: GDAL's polygoniser holds the GIL
@@ -41,11 +51,13 @@ class Draft:
     partition it. valid(window): the scene's valid area. overview: whether the scene has an
     overview unit, whose large slicks (large_px and over, see stitch.py) must be in before
     any row is final. max_slicks: the most slicks outlined (SlickTracer; all are counted).
+    records(tile index): where a tile's confidence records go (geo/confidence.py).
     """
 
     def __init__(self, path: Path, width: int, height: int, tiles: Sequence[Tile],
                  valid: Callable[[Window], np.ndarray], *, overview: bool,
-                 large_px: int, max_slicks: int | None = None) -> None:
+                 large_px: int, max_slicks: int | None = None,
+                 records: Callable[[int], Path] | None = None) -> None:
         self.path, self.width, self.height = path, width, height
         self._valid = valid
         self._large_px = large_px
@@ -63,6 +75,7 @@ class Draft:
                 raise ValueError(f"tile {tile.index}: its core is not in a band of rows")
             waiting.add(tile.index)
         self._max_slicks = max_slicks
+        self._records = records
         self._tracer = SlickTracer(max_slicks=max_slicks)
         self._traced_to = 0  # rows above this are counted and traced
         self._stale = False  # a traced row was written again: trace afresh at the end
@@ -85,9 +98,12 @@ class Draft:
                     self._dataset.close()
                 self._dataset = None
 
-    def write(self, tile: Tile, mask: Path | np.ndarray) -> None:
-        """Put a done tile's core (from its mask file or decoded band) into the draft, then
-        count and trace whatever rows that made final."""
+    def write(self, tile: Tile, mask: Path | np.ndarray, confidence: str | None = None) -> None:
+        """Put a done tile's core (from its mask file or decoded band) into the draft, keep
+        its confidence records (`confidence`: the text its mask keeps), then count and trace
+        whatever rows that made final."""
+        if self._records is not None:
+            self._keep_records(tile, mask, confidence)
         # A tile of another grid (a restart with other tile settings) is written all the
         # same, but bands are then traced afresh at the end.
         foreign = self._tiles.get(tile.index) != tile
@@ -106,6 +122,19 @@ class Draft:
             else:
                 band[1].discard(tile.index)
         self.trace_final()
+
+    def _keep_records(self, tile: Tile, mask: Path | np.ndarray, text: str | None) -> None:
+        assert self._records is not None
+        records = np.zeros(0, RECORD)
+        if text is not None:
+            band = mask if isinstance(mask, np.ndarray) else read_mask(
+                mask, (tile.height, tile.width))
+            inner = tile.core_in_tile
+            records = core_records(
+                band, text, (int(inner.row_off), int(inner.col_off), int(inner.height),
+                             int(inner.width)), (tile.core_row, tile.core_col),
+                np.asarray(self._valid(tile.core_window), bool))
+        write_records(self._records(tile.index), records)
 
     def add_overview(self, mask_png: Path) -> None:
         """Take the overview's mask: its large slicks go into the cores already written and

@@ -225,7 +225,7 @@ def tile_core(tile: Tile, mask_png: Path | np.ndarray, width: int, height: int,
         band = mask_png[window.row_off:window.row_off + window.height,
                         window.col_off:window.col_off + window.width]
     else:
-        band = _read_mask(mask_png, (tile.height, tile.width), tile.core_in_tile)
+        band = read_mask(mask_png, (tile.height, tile.width), tile.core_in_tile)
     oil = band >= OIL_LEVEL
     window = tile.core_window
     if large is not None:
@@ -239,7 +239,7 @@ def tile_core(tile: Tile, mask_png: Path | np.ndarray, width: int, height: int,
     return core
 
 
-def _read_mask(path: Path, shape: tuple[int, int] | None,
+def read_mask(path: Path, shape: tuple[int, int] | None,
                window: Window | None = None) -> np.ndarray:
     """Band 1 of a mask file (or a window of it), checking it is 8-bit and `shape` (h, w).
     Under GDAL_OPTIONS whoever calls: a PNG cut short raises rather than reading as whole."""
@@ -264,7 +264,7 @@ def large_components(overview: Path, width: int, height: int, large_px: int) -> 
     # An overview is one tile's size at most: whole-array work is fine here.
     if large_px < 1:
         raise ValueError("an overview mask needs large_px >= 1")
-    oil = _read_mask(overview, None) >= OIL_LEVEL
+    oil = read_mask(overview, None) >= OIL_LEVEL
     from scipy import ndimage  # loaded on first use: 0.2 s of start-up
     labels, count = ndimage.label(oil, structure=_EIGHT)
     scale_y, scale_x = height / oil.shape[0], width / oil.shape[1]
