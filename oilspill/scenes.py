@@ -83,8 +83,10 @@ class SceneContext:
     reader: SceneReader
 
     def close(self) -> None:
-        """Close the scene's read handles (the draft is the stitch's to close)."""
+        """Close the scene's read handles and stop the draft's background tracing (the
+        draft itself is the stitch's to close)."""
         self.reader.close()
+        self.draft.stop()
 
     def grey(self, window: tuple[int, int, int, int] | Window,
              shape: tuple[int, int] | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,14 @@ def test_rows_are_traced_as_soon_as_their_band_is_final(
     first_band = [(t, p) for t, p in tiles if t.core_row == 0]
     for tile, png in first_band:
         draft.write(tile, png)
+    draft._drain()  # what the draft's own thread was given is traced
     assert draft._traced_to == 0  # not before the overview's large slicks are in
     draft.add_overview(overview)
+    draft._drain()
     assert draft._traced_to == first_band[0][0].core_height
     for tile, png in tiles[len(first_band):]:
         draft.write(tile, png)
+    draft._drain()
     assert draft._traced_to == HEIGHT  # the last tile made every band final
     stats, _ = draft.finish()
     assert stats == mask_stats(stitched_in_one_go(folder, tiles, overview))
@@ -157,3 +161,25 @@ def test_a_tile_of_another_grid_is_stitched_all_the_same(tmp_path: Path) -> None
     assert stats == mask_stats(expected)
     with rasterio.open(path) as src:
         assert src.crs == rasterio.crs.CRS.from_epsg(32633)
+
+
+def test_stopping_the_background_tracing_leaves_no_thread_and_finish_still_whole(
+        batch: tuple[Path, list, Path]) -> None:  # type: ignore[type-arg]
+    """A scene that ends early (failed, or the worker stops) stops its draft's tracing
+    thread; a draft finished after that traces what is left in the caller."""
+    folder, tiles, overview = batch
+    expected = stitched_in_one_go(folder, tiles, overview)
+    path = folder / "draft.tif"
+    create_draft(path, WIDTH, HEIGHT, UTM)
+    draft = Draft(path, WIDTH, HEIGHT, [t for t, _ in tiles], valid, overview=True,
+                  large_px=LARGE_PX)
+    draft.add_overview(overview)
+    for tile, png in tiles:
+        draft.write(tile, png)
+    draft.stop()
+    deadline = time.monotonic() + 10
+    while any(t.name.startswith("oilspill-trace") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the draft's tracing thread is still there"
+        time.sleep(0.01)
+    stats, _ = draft.finish()
+    assert stats == mask_stats(expected)

@@ -5,8 +5,10 @@ rows come in bands, one per row of tiles (their cores' rows); a band is final on
 of it is written and, for a scene with an overview, the overview's large slicks are in (they
 are ORed into the cores written before the overview came, and into every core after it). A
 final band is counted (valid and oil pixels) and its slicks traced (polygons.SlickTracer) at
-once, in order from the top, by the thread that made it final: when the last tile comes,
-only its band is left, and the stitch is little more than the COG's copy.
+once, in order from the top, in the draft's own thread: the worker's thread that made it
+final goes back to the ML calls at once (tracing a band of a wide scene takes a few tenths
+of a second, GDAL's polygoniser holding Python's lock), and when the last tile comes, only
+its band is left: the stitch is little more than the COG's copy.
 
 Thread-safe: tiles are written from the worker's threads at once. Memory depends on one
 tile, one block of TRACE_ROWS rows and the slicks still open, never on the scene.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,8 @@ class Draft:
         self._stale = False  # a traced row was written again: trace afresh at the end
         self._valid_pixels = self._oil_pixels = 0
         self._dataset: Any = None  # the draft, open for update while tiles come
+        self._background: ThreadPoolExecutor | None = None  # traces final bands
+        self._traces: list[Future[None]] = []
 
     def _open(self) -> Any:
         """The draft open for update (the caller holds _lock): one handle for every read and
@@ -121,7 +126,7 @@ class Draft:
                 self._stale = True
             else:
                 band[1].discard(tile.index)
-        self.trace_final()
+        self._trace_later()
 
     def _keep_records(self, tile: Tile, mask: Path | np.ndarray, text: str | None) -> None:
         assert self._records is not None
@@ -147,12 +152,41 @@ class Draft:
                               [self._tiles[i].core_window for i in self.written])
                 self._large = large
                 self._awaiting_overview = False
-        self.trace_final()
+        self._trace_later()
 
     @property
     def awaiting_overview(self) -> bool:
         """True while the scene's overview is expected and not added."""
         return self._awaiting_overview
+
+    def _trace_later(self) -> None:
+        """Have the draft's own thread trace the bands now final (see the module docstring)."""
+        if self._next_final(peek=True) is None:
+            return
+        with self._lock:
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="oilspill-trace")
+            # Done ones are dropped; a failed one is kept for finish() to raise.
+            self._traces = [f for f in self._traces if not f.done() or f.exception()]
+            self._traces.append(self._background.submit(self.trace_final))
+
+    def _drain(self) -> None:
+        """Wait for the bands handed to the draft's thread; raise what tracing one raised."""
+        with self._lock:
+            background, traces = self._background, self._traces
+            self._background, self._traces = None, []
+        if background is not None:
+            background.shutdown(wait=True)
+        for trace in traces:
+            trace.result()
+
+    def stop(self) -> None:
+        """Stop tracing in the background (the scene failed or the worker stops): a band
+        being traced is finished, none is started."""
+        with self._lock:
+            background, self._background, self._traces = self._background, None, []
+        if background is not None:
+            background.shutdown(wait=False, cancel_futures=True)
 
     def trace_final(self) -> None:
         """Count and trace the final bands not yet traced, in order (unless another thread
@@ -170,6 +204,7 @@ class Draft:
         """The mask's statistics and slicks, once the caller has written every tile and
         added the overview if there is one: only the rows not traced yet are read. The draft
         is then closed, whole on disk."""
+        self._drain()
         with self._tracing:
             with self._lock:
                 self._awaiting_overview = False  # none came: the scene has none
