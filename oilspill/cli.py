@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     fetch = sub.add_parser("fetch", help="wait for a job and download its results")
     fetch.add_argument("job_id")
     fetch.add_argument("--geojson", type=Path, default=None, metavar="FILE",
-                       help="save only every slick of the job as GeoJSON to FILE (a few "
+                       help="save only the job's slicks as GeoJSON to FILE (a few "
                             "kilobytes; no zip is downloaded)")
     fetch.add_argument("--parts", default=None, metavar="PART,...",
                        help="download a zip of only these parts of the results, e.g. "

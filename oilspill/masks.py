@@ -118,6 +118,15 @@ def label_slicks(oil: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(count)
 
 
+def first_pixels(labels: np.ndarray, count: int) -> np.ndarray:
+    """Each label's first position in `labels` (flat, row order), for labels 0..count; -1
+    for one that does not occur (label 0 when every pixel is oil)."""
+    found, index = np.unique(labels.ravel(), return_index=True)
+    first = np.full(count + 1, -1, np.intp)
+    first[found] = index
+    return first
+
+
 def mask_answer(oil: np.ndarray) -> Answer:
     """A mask's figures from its oil pixels (bool): oil pixels, slicks, the largest."""
     oil_pixels = int(np.count_nonzero(oil))

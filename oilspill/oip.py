@@ -555,14 +555,18 @@ def _picture_oil(tensor: _Tensor, count: int, size: tuple[int, int]
     for n, picture in enumerate(pictures):
         which = f"output {name!r}, picture {n + 1} of {count}"
         try:
-            with Image.open(io.BytesIO(picture)) as image:
+            # PNG only, as a /segment mask: no lossy format, and no other decoder's surprises.
+            with Image.open(io.BytesIO(picture), formats=["PNG"]) as image:
                 if image.size != (width, height):
                     raise OipBadAnswer(f"{which} is {image.size[0]} x {image.size[1]} pixels, "
                                        f"not the image's {width} x {height}")
                 grey = image if image.mode == "L" else image.convert("L")
                 oil[n] = np.asarray(grey) >= PICTURE_OIL_LEVEL
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error,
-                Image.DecompressionBombError) as exc:
+        except OipBadAnswer:
+            raise
+        except UnidentifiedImageError:
+            raise OipBadAnswer(f"{which} is not a PNG") from None
+        except Exception as exc:  # whatever a damaged PNG makes Pillow raise
             raise OipBadAnswer(f"{which} does not decode: "
                                f"{plain_message(str(exc)) or exc.__class__.__name__}") from None
     return oil

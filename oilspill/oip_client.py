@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import oip
 from .geo.scale import grey_png
-from .masks import Answer, label_slicks, mask_answer, oil_of
+from .masks import Answer, first_pixels, label_slicks, mask_answer, oil_of
 from .metrics import Metrics
 from .ml_client import (
     MLError,
@@ -142,7 +142,7 @@ def confidence_text(values: list[float], mask: npt.NDArray[np.uint8]) -> str | N
         flat = labels.ravel()
         sums = np.bincount(flat, weights=np.asarray(values, np.float64), minlength=count + 1)
         sizes = np.bincount(flat, minlength=count + 1)
-        _, first = np.unique(flat, return_index=True)  # label 0 (sea) first
+        first = first_pixels(flat, count)
         slicks = [{"row": int(first[n] // width), "col": int(first[n] % width),
                    "confidence": round(float(sums[n] / sizes[n]), 6)}
                   for n in range(1, count + 1)]

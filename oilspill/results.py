@@ -90,11 +90,13 @@ summary.json          would take for a formula, starting with = + - @, starts wi
                         largest_slick_centroid
                                            its centre: latitude, longitude (degrees)
 For a scene, oil_fraction is over its valid area (the border and nodata are not sea).
-spills/<image>.geojson  every slick of an image as RFC 7946 GeoJSON (lon/lat, WGS84) with
+spills/<image>.geojson  an image's slicks as RFC 7946 GeoJSON (lon/lat, WGS84) with
                       slick_id, area_km2, perimeter_km, length_km, centroid_lon/lat,
                       pixels, mean_contrast_db, confidence; pictures without georeference
                       in pixel coordinates ("coordinates": "pixel", areas null).
-spills.geojson        every slick of the job in one file (opens in QGIS as it is).
+spills.geojson        the job's slicks in one file (opens in QGIS as it is). An image with
+                      more slicks than the server outlines (OILSPILL_MAX_SLICKS) has its
+                      largest ones here; slick_count in the summary counts them all.
 """
 
 

@@ -326,6 +326,4 @@ async def test_a_scenes_slicks_carry_the_confidence_of_their_tiles(
         return
     assert all(isinstance(p["confidence"], float) and 0 < p["confidence"] <= 1
                for p in found), found
-    print("\nscene slicks (area km2, confidence):",
-          [(p["area_km2"], p["confidence"]) for p in found])
     assert found[0]["confidence"] > 0.8, found[0]

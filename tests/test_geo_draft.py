@@ -163,23 +163,73 @@ def test_a_tile_of_another_grid_is_stitched_all_the_same(tmp_path: Path) -> None
         assert src.crs == rasterio.crs.CRS.from_epsg(32633)
 
 
-def test_stopping_the_background_tracing_leaves_no_thread_and_finish_still_whole(
-        batch: tuple[Path, list, Path]) -> None:  # type: ignore[type-arg]
-    """A scene that ends early (failed, or the worker stops) stops its draft's tracing
-    thread; a draft finished after that traces what is left in the caller."""
+def tracing_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("oilspill-trace")]
+
+
+def test_a_stopped_draft_stops_tracing_writes_nothing_and_closes(
+        batch: tuple[Path, list, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    """A scene that ends early (failed, or the worker stops) stops its draft: the band
+    being traced stops at its block, no band is started, a tile written later is not
+    written (and starts no thread), the draft's file is closed; finishing it is refused."""
     folder, tiles, overview = batch
-    expected = stitched_in_one_go(folder, tiles, overview)
     path = folder / "draft.tif"
     create_draft(path, WIDTH, HEIGHT, UTM)
     draft = Draft(path, WIDTH, HEIGHT, [t for t, _ in tiles], valid, overview=True,
                   large_px=LARGE_PX)
+    blocks: list[int] = []
+    started, proceed = threading.Event(), threading.Event()
+    add = draft._tracer.add
+
+    def slow_add(oil: np.ndarray, top: int) -> None:  # the first block waits for the test
+        blocks.append(top)
+        started.set()
+        proceed.wait(10)
+        add(oil, top)
+
+    monkeypatch.setattr(draft._tracer, "add", slow_add)
+    others = set(tracing_threads())  # other tests' drafts, never finished
     draft.add_overview(overview)
-    for tile, png in tiles:
+    last = tiles[-1]
+    for tile, png in tiles[:-1]:  # every band but the last becomes final
         draft.write(tile, png)
+    assert started.wait(10)
     draft.stop()
+    proceed.set()
     deadline = time.monotonic() + 10
-    while any(t.name.startswith("oilspill-trace") for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "the draft's tracing thread is still there"
+    while set(tracing_threads()) - others or draft._dataset is not None:
+        assert time.monotonic() < deadline, "the draft's thread or file is still there"
         time.sleep(0.01)
-    stats, _ = draft.finish()
-    assert stats == mask_stats(expected)
+    assert blocks == [0]  # the block being traced was the last
+    before = read_band(path)
+    draft.write(*last)
+    assert not set(tracing_threads()) - others and draft._dataset is None
+    np.testing.assert_array_equal(read_band(path), before)
+    with pytest.raises(RuntimeError, match="stopped"):
+        draft.finish()
+
+
+def test_a_band_that_fails_to_trace_fails_the_next_write_and_the_finish(
+        batch: tuple[Path, list, Path], monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    folder, tiles, overview = batch
+    path = folder / "draft.tif"
+    create_draft(path, WIDTH, HEIGHT, UTM)
+    draft = Draft(path, WIDTH, HEIGHT, [t for t, _ in tiles], valid, overview=True,
+                  large_px=LARGE_PX)
+
+    def broken(oil: np.ndarray, top: int) -> None:
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(draft._tracer, "add", broken)
+    draft.add_overview(overview)
+    first = [(t, p) for t, p in tiles if t.core_row == 0]
+    for tile, png in first:
+        draft.write(tile, png)
+    deadline = time.monotonic() + 10
+    with pytest.raises(OSError, match="went away"):  # a later write raises it at once
+        for tile, png in tiles[len(first):]:
+            draft.write(tile, png)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    with pytest.raises(OSError, match="went away"):
+        draft.finish()

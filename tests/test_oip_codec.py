@@ -517,7 +517,7 @@ def test_a_bytes_mask_is_one_picture_per_image(binary):
     rng = np.random.default_rng(7)
     oil = rng.random((4, 6, 5)) < 0.4
     pictures = [encoded(oil[0], "L"), encoded(oil[1], "1"), encoded(oil[2], "RGB"),
-                encoded(oil[3], "L", "BMP")]
+                encoded(oil[3], "P")]
     for shape in ([4], [4, 1]):
         body, headers = picture_answer(pictures, binary, shape)
         got = decode(spec, body, headers, 4, (6, 5))
@@ -532,6 +532,10 @@ def bad_pictures(binary: bool) -> dict[str, tuple[bytes, dict[str, str]]]:
     cases = {
         "of another size": picture_answer([encoded(np.eye(5, 6, dtype=bool), "L")] * 2, binary),
         "not a picture": picture_answer([good, b"<html>oops</html>"], binary),
+        "not a PNG": picture_answer([good, encoded(np.eye(6, 5, dtype=bool), "L", "BMP")],
+                                    binary),
+        "a lossy picture": picture_answer([good, encoded(np.eye(6, 5, dtype=bool), "L",
+                                                         "JPEG")], binary),
         "cut short": picture_answer([good, good[:len(good) // 2]], binary),
         "one for two images": picture_answer([good], binary),
         "three for two images": picture_answer([good] * 3, binary),

@@ -178,3 +178,30 @@ def test_a_tile_written_again_counts_with_its_last_answer_only(tmp_path: Path) -
             assert slick.slick_id not in found
     with rasterio.open(tmp_path / "draft.tif") as src:
         assert ((src.read(1) == 255) == oil).all()
+
+
+def test_a_tile_or_core_wholly_oil_keeps_its_confidence() -> None:
+    """A dark patch covering a whole tile (low wind: a common false positive) is one slick
+    with no sea pixel: its confidence is kept, and its core's record made."""
+    mask = np.full((20, 30), 255, np.uint8)
+    text = confidence_text([0.25] * mask.size, mask)
+    assert text == '{"slicks":[{"row":0,"col":0,"confidence":0.25}]}'
+    mask[0, 0] = 0  # sea only outside the core
+    text = confidence_text([0.5] * mask.size, mask)
+    records = core_records(mask, text, (2, 3, 10, 12), (100, 200), None)
+    assert [(int(r["row"]), int(r["col"]), float(r["sum"]), int(r["count"]))
+            for r in records] == [(100, 200, 60.0, 120)]
+
+
+def test_a_cores_records_are_at_most_the_largest_pieces() -> None:
+    """Speckle with a confidence makes a piece per speck: a core keeps the records of its
+    `most` largest pieces."""
+    rng = np.random.default_rng(5)
+    mask = np.where(rng.random((64, 64)) < 0.05, 255, 0).astype(np.uint8)
+    mask[10:20, 10:30] = 255
+    text = confidence_text([0.7] * mask.size, mask)
+    every = core_records(mask, text, (0, 0, 64, 64), (0, 0), None)
+    kept = core_records(mask, text, (0, 0, 64, 64), (0, 0), None, most=5)
+    assert every.size > 50 and kept.size == 5
+    assert sorted(kept["count"].tolist()) == sorted(every["count"].tolist())[-5:]
+    assert int(kept["count"].max()) >= 200  # the block of 10 x 20

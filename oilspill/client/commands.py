@@ -10,7 +10,7 @@ multipart request, a folder zipped as it streams.
 Downloads (the result zip, a GeoJSON) go to FILE.part and resume from there (session.py).
 `fetch --parts summary,spills` asks for a zip of only those parts.
 
-`fetch --geojson FILE` waits for the job as `fetch` does, then saves only every slick of
+`fetch --geojson FILE` waits for the job as `fetch` does, then saves only the slicks of
 the job as one GeoJSON file (kilobytes, where the result zip may be gigabytes: for a
 satellite link).
 

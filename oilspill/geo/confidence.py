@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
-from ..masks import OIL_LEVEL, label_slicks
+from ..masks import OIL_LEVEL, first_pixels, label_slicks
 from .polygons import PixelSlick
 
 MATCH_PX = 3.0  # a record's pixel centre is at most this far from its slick's outline
@@ -70,13 +71,15 @@ def _index(value: object) -> int | None:
 
 
 def core_records(mask: npt.NDArray[np.uint8], text: str | None, core: tuple[int, int, int, int],
-                 origin: tuple[int, int], inside: npt.NDArray[np.bool_] | None
-                 ) -> npt.NDArray[np.void]:
+                 origin: tuple[int, int], inside: npt.NDArray[np.bool_] | None,
+                 most: int | None = None) -> npt.NDArray[np.void]:
     """The records of one tile's core (see the module docstring).
 
     mask: the tile's whole mask as the ML service answered it; text: its kept confidence;
     core: (row, col, height, width) of the core within the tile; origin: the scene (row,
-    col) of the core's first pixel; inside: the valid area over the core (None: all).
+    col) of the core's first pixel; inside: the valid area over the core (None: all);
+    most: keep only that many records, of the largest pieces (a mask of speckle has a piece
+    per speck, and no more slicks than OILSPILL_MAX_SLICKS are outlined).
     """
     entries = slick_entries(text)
     if not entries:
@@ -99,8 +102,10 @@ def core_records(mask: npt.NDArray[np.uint8], text: str | None, core: tuple[int,
     known = ~np.isnan(values.ravel()) & (flat > 0)
     sums = np.bincount(flat[known], weights=values.ravel()[known], minlength=found + 1)
     counts = np.bincount(flat[known], minlength=found + 1)
-    _, first = np.unique(flat, return_index=True)  # label 0 (sea or invalid) first
+    first = first_pixels(flat, found)
     keep = np.flatnonzero(counts[1:]) + 1
+    if most is not None and keep.size > most:
+        keep = np.sort(keep[np.argsort(-counts[keep], kind="stable")[:most]])
     records = np.zeros(keep.size, RECORD)
     records["row"] = first[keep] // cols + origin[0]
     records["col"] = first[keep] % cols + origin[1]
@@ -115,9 +120,12 @@ def write_records(path: Path, records: npt.NDArray[np.void]) -> None:
     if not records.size:
         path.unlink(missing_ok=True)
         return
-    partial = path.with_name(f".{path.name}.part")
+    # A name of its own: the same tile may be written twice at once (a retry).
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    partial = Path(name)
     try:
-        partial.write_bytes(records.tobytes())
+        with os.fdopen(handle, "wb") as out:
+            out.write(records.tobytes())
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -134,16 +142,21 @@ def _read(paths: Sequence[Path]) -> Iterator[npt.NDArray[np.void]]:
 def slick_confidence(record_files: Sequence[Path], slicks: Sequence[PixelSlick]
                      ) -> dict[int, float]:
     """Each slick's confidence by slick_id, from the tiles' record files; a slick no record
-    reaches is left out (its confidence stays null)."""
+    reaches is left out (its confidence stays null). A record goes to the outline holding
+    its pixel's centre, else to the nearest within MATCH_PX, and never to a slick smaller
+    than its piece (which a piece of another, not outlined, slick may be)."""
     if not slicks or not record_files:
         return {}
     outlines = [s.polygon for s in slicks]
     tree = shapely.STRtree(outlines)
     sums, counts = np.zeros(len(slicks)), np.zeros(len(slicks), np.int64)
+    pixels = np.array([s.pixels for s in slicks], np.int64)
     for records in _read(record_files):
         points = shapely.points(records["col"] + 0.5, records["row"] + 0.5)
         # The outline holding the point, else the nearest within MATCH_PX (one each).
         hit, slick = tree.query_nearest(points, max_distance=MATCH_PX, all_matches=False)
+        fits = records["count"][hit] <= pixels[slick]
+        hit, slick = hit[fits], slick[fits]
         np.add.at(sums, slick, records["sum"][hit])
         np.add.at(counts, slick, records["count"][hit])
     return {s.slick_id: float(sums[n] / counts[n]) for n, s in enumerate(slicks) if counts[n]}

@@ -16,6 +16,7 @@ tile, one block of TRACE_ROWS rows and the slicks still open, never on the scene
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,8 @@ from .stitch import (
     upsample,
 )
 from .tiles import Tile
+
+logger = logging.getLogger(__name__)
 
 TRACE_ROWS = 256  # rows read and polygonised at once: GDAL's polygoniser holds the GIL
 # for a block, so a block stays short enough not to stall the event loop.
@@ -86,6 +89,7 @@ class Draft:
         self._dataset: Any = None  # the draft, open for update while tiles come
         self._background: ThreadPoolExecutor | None = None  # traces final bands
         self._traces: list[Future[None]] = []
+        self._stopped = False  # the scene ended early: nothing more is written or traced
 
     def _open(self) -> Any:
         """The draft open for update (the caller holds _lock): one handle for every read and
@@ -106,7 +110,11 @@ class Draft:
     def write(self, tile: Tile, mask: Path | np.ndarray, confidence: str | None = None) -> None:
         """Put a done tile's core (from its mask file or decoded band) into the draft, keep
         its confidence records (`confidence`: the text its mask keeps), then count and trace
-        whatever rows that made final."""
+        whatever rows that made final. Raises what tracing a band in the background raised
+        (the scene fails at once, not after its last tile)."""
+        self._raise_failed()
+        if self._stopped:
+            return  # the scene ended: a process taking it up again rebuilds the draft
         if self._records is not None:
             self._keep_records(tile, mask, confidence)
         # A tile of another grid (a restart with other tile settings) is written all the
@@ -138,7 +146,7 @@ class Draft:
             records = core_records(
                 band, text, (int(inner.row_off), int(inner.col_off), int(inner.height),
                              int(inner.width)), (tile.core_row, tile.core_col),
-                np.asarray(self._valid(tile.core_window), bool))
+                np.asarray(self._valid(tile.core_window), bool), self._max_slicks)
         write_records(self._records(tile.index), records)
 
     def add_overview(self, mask_png: Path) -> None:
@@ -164,6 +172,8 @@ class Draft:
         if self._next_final(peek=True) is None:
             return
         with self._lock:
+            if self._stopped:
+                return
             if self._background is None:
                 self._background = ThreadPoolExecutor(1, thread_name_prefix="oilspill-trace")
             # Done ones are dropped; a failed one is kept for finish() to raise.
@@ -180,30 +190,54 @@ class Draft:
         for trace in traces:
             trace.result()
 
-    def stop(self) -> None:
-        """Stop tracing in the background (the scene failed or the worker stops): a band
-        being traced is finished, none is started."""
+    def _raise_failed(self) -> None:
         with self._lock:
-            background, self._background, self._traces = self._background, None, []
+            failed = next((f for f in self._traces if f.done() and not f.cancelled()
+                           and f.exception() is not None), None)
+        if failed is not None:
+            failed.result()
+
+    def stop(self) -> None:
+        """The scene ended early (it failed, or the worker stops): stop tracing (the block
+        being traced is the last), write nothing more, and close the draft once its thread
+        is done. Returns at once."""
+        with self._lock:
+            self._stopped = True
+            background, self._background = self._background, None
+            traces, self._traces = self._traces, []
         if background is not None:
             background.shutdown(wait=False, cancel_futures=True)
+        running = [trace for trace in traces if not trace.done()]
+        if not running:
+            self.close()
+            return
+        for trace in running:  # one at most: the draft's thread runs one at a time
+            trace.add_done_callback(self._after_stop)
+
+    def _after_stop(self, trace: Future[None]) -> None:
+        if not trace.cancelled() and (exc := trace.exception()) is not None:
+            logger.warning("tracing a band of an ended scene's draft %s failed: %s",
+                           self.path.name, exc)
+        self.close()
 
     def trace_final(self) -> None:
         """Count and trace the final bands not yet traced, in order (unless another thread
         is at it: it takes the new ones too before it stops)."""
         while self._tracing.acquire(blocking=False):
             try:
-                while (band := self._next_final()) is not None:
+                while not self._stopped and (band := self._next_final()) is not None:
                     self._trace(*band)
             finally:
                 self._tracing.release()
-            if self._next_final(peek=True) is None:
+            if self._stopped or self._next_final(peek=True) is None:
                 return
 
     def finish(self) -> tuple[MaskStats, list[PixelSlick]]:
         """The mask's statistics and slicks, once the caller has written every tile and
         added the overview if there is one: only the rows not traced yet are read. The draft
-        is then closed, whole on disk."""
+        is then closed, whole on disk. RuntimeError for a draft stopped (see stop)."""
+        if self._stopped:
+            raise RuntimeError("the draft was stopped: its scene ended before its stitch")
         self._drain()
         with self._tracing:
             with self._lock:
@@ -235,6 +269,8 @@ class Draft:
     def _trace(self, top: int, rows: int) -> None:
         """Count and trace rows top .. top + rows - 1 (the caller holds _tracing)."""
         for start in range(top, top + rows, TRACE_ROWS):
+            if self._stopped:
+                return
             window = Window(0, start, self.width, min(TRACE_ROWS, top + rows - start))
             with self._lock, rasterio.Env(**GDAL_OPTIONS):
                 band = self._open().read(1, window=window)

@@ -216,7 +216,7 @@ async def get_task_spills(request: web.Request) -> web.FileResponse:
 
 
 async def get_job_spills(request: web.Request) -> web.FileResponse:
-    """GET /api/job/{job_id}/spills.geojson: every slick of a finished job, built once."""
+    """GET /api/job/{job_id}/spills.geojson: a finished job's slicks, built once."""
     job = await load_job(request)
     try:
         path = await request.app[keys.ARCHIVES].ensure_spills(job.id)

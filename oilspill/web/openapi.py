@@ -158,8 +158,10 @@ _SCHEMAS: dict[str, Any] = {
             "crs": {"type": ["string", "null"],
                     "description": "a scene's CRS (as result.scene.crs); null for a picture"},
             "bounds_lonlat": _BOUNDS,
-            "total_area_km2": {**_MEASURE, "description": "the geodesic area of all its slicks "
-                                                     "in km²; null without a georeference"},
+            "total_area_km2": {**_MEASURE, "description": "the geodesic area of its slicks in "
+                                                     "its GeoJSON (all of them, or the "
+                                                     "largest OILSPILL_MAX_SLICKS) in km²; "
+                                                     "null without a georeference"},
             "spills_url": {"type": ["string", "null"],
                            "description": "its slicks as GeoJSON (/api/task/{task_id}/"
                                           "spills.geojson), for every mask; null for a "
@@ -189,10 +191,12 @@ _SCHEMAS: dict[str, Any] = {
                       "description": "tiles it was cut into (the overview not counted)"},
             "scale": _ref("SceneScale"),
             "slick_polygons": {"type": "integer", "minimum": 0,
-                               "description": "slicks in its GeoJSON"},
-            "total_area_km2": {**_MEASURE, "description": "the geodesic area of all its slicks "
-                                                     "in km² (0 without any); null without "
-                                                     "a georeference"},
+                               "description": "slicks in its GeoJSON: all of them, or the "
+                                              "largest OILSPILL_MAX_SLICKS (slick_count "
+                                              "counts them all)"},
+            "total_area_km2": {**_MEASURE, "description": "the geodesic area of the slicks in "
+                                                     "its GeoJSON in km² (0 without any); "
+                                                     "null without a georeference"},
             "largest_slick_km2": {**_MEASURE, "description": "the largest slick's area in km²"},
             "largest_slick_centroid": _LATLON,
             "bounds_lonlat": _BOUNDS},
@@ -291,8 +295,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "SpillCollection": {
         "type": "object", "required": ["type", "features"],
-        "description": "RFC 7946 GeoJSON: every slick of a task (or of a job's tasks), "
-                       "largest first. Lon/lat (WGS84) without a `crs` member, exterior rings "
+        "description": "RFC 7946 GeoJSON: the slicks of a task (or of a job's tasks; at "
+                       "most OILSPILL_MAX_SLICKS an image, the largest), largest first. "
+                       "Lon/lat (WGS84) without a `crs` member, exterior rings "
                        "counter-clockwise, holes clockwise, 7 decimals; a slick across the "
                        "antimeridian is cut there into a MultiPolygon. A picture without "
                        "georeference gives pixel coordinates (x = column, y = row of pixel "
@@ -591,7 +596,7 @@ def document() -> dict[str, Any]:
         "info": {"title": "oilspill", "version": __version__,
                  "description": "Turns sea images (a zip of them, or one image or "
                                 "GeoTIFF scene, cut into tiles) into oil-spill masks, and "
-                                "every slick into a place: RFC 7946 GeoJSON."},
+                                "their slicks into places: RFC 7946 GeoJSON."},
         "paths": _paths(),
         "components": {"schemas": _SCHEMAS, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
