@@ -645,6 +645,29 @@ def test_large_json_answer_with_bad_data_is_a_bad_answer():
             decode(spec, body(bad), {}, 1, (60, 60))
 
 
+def damaged(data: Any, body: bytes) -> bytes:
+    """The body with one byte cut at, flipped at or inserted at a drawn place."""
+    at = data.draw(st.integers(0, len(body)))
+    damage = data.draw(st.sampled_from(["cut", "flip", "insert"]))
+    byte = data.draw(st.binary(min_size=1, max_size=1))
+    if damage == "cut":
+        return body[:at]
+    if damage == "flip" and at < len(body):
+        return body[:at] + bytes([body[at] ^ byte[0]]) + body[at + 1:]
+    return body[:at] + byte + body[at:]
+
+
+def bad_or_masks(spec: ModelSpec, body: bytes, headers: dict[str, str],
+                 size: tuple[int, int]) -> None:
+    """Decoding two images' answer raises OipBadAnswer or gives two 0/255 masks of size."""
+    try:
+        got = decode(spec, body, headers, 2, size)
+    except OipBadAnswer:
+        return
+    assert len(got) == 2 and all(g.mask.shape == size for g in got)
+    assert all(set(np.unique(g.mask)) <= {0, 255} for g in got)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_any_damage_to_an_answer_is_a_bad_answer_or_a_mask(data):
@@ -652,21 +675,8 @@ def test_any_damage_to_an_answer_is_a_bad_answer_or_a_mask(data):
     oil = data.draw(hnp.arrays(np.bool_, (2, 40, 30)))  # JSON past the fast-JSON size
     body, headers = answer({"mask": ("BOOL", oil),
                             "confidence": ("FP32", np.array([0.5, 0.25], np.float32))}, binary)
-    at = data.draw(st.integers(0, len(body)))
-    damage = data.draw(st.sampled_from(["cut", "flip", "insert"]))
-    byte = data.draw(st.binary(min_size=1, max_size=1))
-    if damage == "cut":
-        body = body[:at]
-    elif damage == "flip" and at < len(body):
-        body = body[:at] + bytes([body[at] ^ byte[0]]) + body[at + 1:]
-    else:
-        body = body[:at] + byte + body[at:]
-    try:
-        got = decode(spec_for("UINT8", [-1, -1, -1], binary), body, headers, 2, (40, 30))
-    except OipBadAnswer:
-        return
-    assert len(got) == 2 and all(g.mask.shape == (40, 30) for g in got)
-    assert all(set(np.unique(g.mask)) <= {0, 255} for g in got)
+    bad_or_masks(spec_for("UINT8", [-1, -1, -1], binary), damaged(data, body), headers,
+                 (40, 30))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -675,21 +685,7 @@ def test_any_damage_to_a_picture_answer_is_a_bad_answer_or_a_mask(data):
     binary = data.draw(st.booleans())
     oil = data.draw(hnp.arrays(np.bool_, (2, 12, 10)))
     body, headers = picture_answer([encoded(o, "L") for o in oil], binary)
-    at = data.draw(st.integers(0, len(body)))
-    damage = data.draw(st.sampled_from(["cut", "flip", "insert"]))
-    byte = data.draw(st.binary(min_size=1, max_size=1))
-    if damage == "cut":
-        body = body[:at]
-    elif damage == "flip" and at < len(body):
-        body = body[:at] + bytes([body[at] ^ byte[0]]) + body[at + 1:]
-    else:
-        body = body[:at] + byte + body[at:]
-    try:
-        got = decode(spec_for("BYTES", [-1], binary), body, headers, 2, (12, 10))
-    except OipBadAnswer:
-        return
-    assert len(got) == 2 and all(g.mask.shape == (12, 10) for g in got)
-    assert all(set(np.unique(g.mask)) <= {0, 255} for g in got)
+    bad_or_masks(spec_for("BYTES", [-1], binary), damaged(data, body), headers, (12, 10))
 
 
 # --- properties -----------------------------------------------------------------------------
