@@ -70,7 +70,6 @@ class Draft:
         self._large: npt.NDArray[np.bool_] | None = None
         self._awaiting_overview = overview
         self._lock = threading.Lock()  # the file and the fields below
-        self._tracing = threading.Lock()  # one thread traces, band after band
         self._tiles = {tile.index: tile for tile in tiles}
         self.written: set[int] = set()  # tiles whose cores are in
         # Bands by their first row: (rows, tiles not yet written).
@@ -221,16 +220,11 @@ class Draft:
         self.close()
 
     def trace_final(self) -> None:
-        """Count and trace the final bands not yet traced, in order (unless another thread
-        is at it: it takes the new ones too before it stops)."""
-        while self._tracing.acquire(blocking=False):
-            try:
-                while not self._stopped and (band := self._next_final()) is not None:
-                    self._trace(*band)
-            finally:
-                self._tracing.release()
-            if self._stopped or self._next_final(peek=True) is None:
-                return
+        """Count and trace the final bands not yet traced, in order. Only the draft's own
+        thread runs it (one job at a time), and finish() waits for that thread first: no
+        two threads ever trace at once."""
+        while not self._stopped and (band := self._next_final()) is not None:
+            self._trace(*band)
 
     def finish(self) -> tuple[MaskStats, list[PixelSlick]]:
         """The mask's statistics and slicks, once the caller has written every tile and
@@ -239,15 +233,14 @@ class Draft:
         if self._stopped:
             raise RuntimeError("the draft was stopped: its scene ended before its stitch")
         self._drain()
-        with self._tracing:
-            with self._lock:
-                self._awaiting_overview = False  # none came: the scene has none
-                if self._stale:
-                    self._tracer = SlickTracer(max_slicks=self._max_slicks)
-                    self._traced_to = 0
-                    self._valid_pixels = self._oil_pixels = 0
-                    self._stale = False
-            self._trace(self._traced_to, self.height - self._traced_to)
+        with self._lock:
+            self._awaiting_overview = False  # none came: the scene has none
+            if self._stale:
+                self._tracer = SlickTracer(max_slicks=self._max_slicks)
+                self._traced_to = 0
+                self._valid_pixels = self._oil_pixels = 0
+                self._stale = False
+        self._trace(self._traced_to, self.height - self._traced_to)
         self.close()
         slicks = self._tracer.finish()
         valid, oil = self._valid_pixels, self._oil_pixels
@@ -267,7 +260,7 @@ class Draft:
             return self._traced_to, band[0]
 
     def _trace(self, top: int, rows: int) -> None:
-        """Count and trace rows top .. top + rows - 1 (the caller holds _tracing)."""
+        """Count and trace rows top .. top + rows - 1 (the draft's thread, or finish())."""
         for start in range(top, top + rows, TRACE_ROWS):
             if self._stopped:
                 return
