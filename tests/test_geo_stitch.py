@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import rasterio.shutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
@@ -22,8 +23,11 @@ from oilspill.geo.stitch import (
     BadMask,
     Georef,
     MaskStats,
+    cog_overview_factors,
+    create_draft,
     mask_stats,
     stitch_mask,
+    write_cog,
 )
 from oilspill.geo.tiles import Tile, overview_shape, tile_grid
 from oilspill.masks import OVERLAY_PALETTE
@@ -286,3 +290,37 @@ def test_quicklook_tints_the_oil_on_grey(tmp_path: Path) -> None:
     assert (index[:, 45:55] == 128 + 100).all() and (index[:, :35] == 100).all()
     assert colours[228][:3] == tuple(OVERLAY_PALETTE[3 * 228:3 * 229])
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".part") == []
+
+
+@pytest.mark.parametrize("size", [(517, 300), (1300, 700), (300, 2049), (512, 512)])
+def test_cog_overviews_are_those_gdal_makes(tmp_path: Path, size: tuple[int, int]) -> None:
+    """write_cog builds the overviews in the draft before the COG driver copies it (so the
+    driver only compresses): the mask a reader gets has the levels and the pixels the COG
+    driver makes by itself."""
+    width, height = size
+    truth = truth_mask(width, height, seed=width)
+    draft = tmp_path / "draft.tif"
+    create_draft(draft, width, height, UTM)
+    with rasterio.open(draft, "r+") as dst:
+        dst.write(truth, 1)
+    plain = tmp_path / "plain.tif"
+    rasterio.shutil.copy(draft, plain, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
+                         OVERVIEW_RESAMPLING="NEAREST")  # before write_cog adds overviews
+    ours = tmp_path / "mask.tif"
+    write_cog(draft, ours)
+    assert len(cog_overview_factors(width, height)) == len(rasterio.open(plain).overviews(1))
+    with rasterio.open(ours) as got, rasterio.open(plain) as want:
+        assert got.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert got.overviews(1) == want.overviews(1)
+        assert np.array_equal(got.read(1), truth)
+    for level in range(len(cog_overview_factors(width, height))):
+        with rasterio.open(ours, overview_level=level) as got, \
+                rasterio.open(plain, overview_level=level) as want:
+            small, other = got.read(1), want.read(1)
+        # GDAL sizes a level by rounding up here and down in the COG driver: a pixel apart
+        # at most, and then sampled a little differently.
+        assert abs(small.shape[0] - other.shape[0]) <= 1
+        assert abs(small.shape[1] - other.shape[1]) <= 1
+        if small.shape == other.shape:
+            assert np.array_equal(small, other)
+        assert abs(np.mean(small == 255) - np.mean(truth == 255)) < 0.02

@@ -36,6 +36,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -52,6 +53,7 @@ OIL = 255
 # Rows per strip when counting: ~8 bytes per pixel of a strip at once (labels are int32),
 # about 27 MiB on a Sentinel-1 scene's width.
 STRIP_ROWS = 128
+COG_BLOCK_PX = 512  # the COG's tiles
 OVERVIEW_ERODE_PX = 2  # overview pixels taken off a large slick's edge (large_components)
 _EIGHT = np.ones((3, 3), bool)  # a slick touching only at a corner is one slick
 
@@ -172,18 +174,38 @@ def finish_mask(draft: Path, out_path: Path, *, overview: Path | None, large_px:
 
 
 def write_cog(draft: Path, out_path: Path, part_path: Path | None = None) -> None:
-    """Copy a finished draft to out_path as the mask's COG (written whole, then renamed)."""
+    """Copy a finished draft to out_path as the mask's COG (written whole, then renamed).
+
+    The draft gets its overviews first (nearest, the levels the COG driver would make),
+    so the driver only compresses, on every core. Measured on a 26,000 x 17,000 mask on
+    two cores: 0.6 s for the overviews and 1.5-1.9 s for the copy, against 3.3-4.1 s for
+    the driver making them itself; peak memory 68 MiB against 101 (the driver's own
+    overviews on several threads took 131). A lower DEFLATE level saves 0.3 s for twice
+    the bytes.
+    """
     part = part_path or partial_beside(out_path)
     try:
         with rasterio.Env(**GDAL_OPTIONS):
-            # NUM_THREADS=ALL_CPUS was measured: 2.2-2.4 s instead of 3.0-4.1 on a
-            # 26,000 x 17,000 mask on two cores, but 25-40 MiB more peak memory (and 10-40%
-            # more CPU): the memory bound comes first. A lower LEVEL saves under 10%.
-            rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512,
-                                 OVERVIEW_RESAMPLING="NEAREST")
+            with rasterio.open(draft, "r+") as dst:
+                if factors := cog_overview_factors(dst.width, dst.height):
+                    dst.build_overviews(factors, Resampling.nearest)
+            rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE",
+                                 BLOCKSIZE=COG_BLOCK_PX, OVERVIEW_RESAMPLING="NEAREST",
+                                 NUM_THREADS="ALL_CPUS")
         os.replace(part, out_path)
     finally:
         part.unlink(missing_ok=True)
+
+
+def cog_overview_factors(width: int, height: int, block_px: int = COG_BLOCK_PX) -> list[int]:
+    """The overview factors GDAL's COG driver makes for a raster of this size: halving
+    (rounding down) until the overview fits in one block."""
+    factors: list[int] = []
+    side = max(width, height)
+    while side > block_px:
+        factors.append(2 ** (len(factors) + 1))
+        side //= 2
+    return factors
 
 
 def _size(path: Path) -> tuple[int, int]:
