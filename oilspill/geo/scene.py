@@ -294,9 +294,6 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
     every step-th row and column: sample_step() by default) and, given the overview's
     (width, height), the raw values the overview is made of."""
     step = sample_step(info.width, info.height) if step is None else step
-    if strip_rows is None:
-        per_pixel = _WORK_BYTES_PER_PIXEL if step == 1 else _STRIP_BYTES_PER_PIXEL
-        strip_rows = max(1, STRIP_BYTES // (per_pixel * info.width))
     first = np.zeros(info.height, np.int32)
     last = np.full(info.height, -1, np.int32)
     histogram = np.zeros(scale.DB_BINS, np.int64)
@@ -317,6 +314,8 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
         overview_rows = sample_positions(0, info.height, overview[1])
         overview_cols = sample_positions(0, info.width, overview[0])
     with _open(path, info.driver) as src:
+        if strip_rows is None:
+            strip_rows = _strip_rows(info, step, extents_only, src.block_shapes[info.band - 1][0])
         for top in range(0, info.height, strip_rows):
             rows = min(strip_rows, info.height - top)
             raw = _read(src, info, Window(0, top, info.width, rows), None)
@@ -366,6 +365,21 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
         return survey_scene(path, info, calibration, strip_rows, overview, step=1)
     return Survey(width=info.width, row_first=first, row_last=last, valid_pixels=valid_pixels,
                   db_kind=kind, histogram=histogram, sample_step=step, overview=picked)
+
+
+def _strip_rows(info: SceneInfo, step: int, extents_only: bool, block_rows: int) -> int:
+    """Rows per survey strip: as many as STRIP_BYTES of work arrays hold, rounded down to
+    whole blocks of the file when that leaves one. GDAL then copies each block once:
+    reading a 26,000 x 17,000 uint16 scene tiled 512 x 512 by strips of 512 rows took
+    0.51 s, by strips of 160 rows 0.94 s."""
+    if step == 1:
+        per_pixel = _WORK_BYTES_PER_PIXEL
+    elif extents_only:  # the raw strip alone: masks are made on its sample
+        per_pixel = np.dtype(info.dtype).itemsize
+    else:
+        per_pixel = _STRIP_BYTES_PER_PIXEL
+    rows = max(1, STRIP_BYTES // (per_pixel * info.width))
+    return rows // block_rows * block_rows if rows >= block_rows else rows
 
 
 def _row_extents(raw: npt.NDArray[Any], nodata: float | None
