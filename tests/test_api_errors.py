@@ -132,7 +132,7 @@ async def test_malformed_id_is_404(client, bad):
 
 
 @pytest.mark.parametrize("name", ["x.zip", "oilspill-results-nope.zip", "..%2foilspill.sqlite3",
-                                  f"oilspill-results-{uuid.uuid4()}.zip"])
+                                  "oilspill-results-6eb8e5f7-a8fe-4d43-a1c0-22bbecc28eca.zip"])
 async def test_download_of_a_name_the_server_did_not_make_is_404(client, name):
     resp = await client.get(f"/api/download/{name}")
     await assert_error(resp, 404, "not_found")

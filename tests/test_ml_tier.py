@@ -442,6 +442,7 @@ async def test_a_whole_job_over_oip_binary_has_the_segment_masks_and_batches(
     assert metric_values(text, "oilspill_ml_endpoint_requests_total")[model_url] < units
 
 
+@pytest.mark.xdist_group("mlserver")  # the session's one MLServer (tests/test_mlserver.py)
 @pytest.mark.parametrize("declared", ["pngs", "pixels"])
 async def test_a_whole_job_through_mlserver_has_the_segment_masks(
         aiohttp_client: Any, settings: Settings, tmp_path: Path, start_stub: Any,

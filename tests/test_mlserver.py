@@ -28,6 +28,9 @@ from .mlserver_env import (  # noqa: F401
 )
 from .test_oip_stub import HEIGHT, WIDTH, pixels, segment_masks, slick_png
 
+# One MLServer per test session: its tests run in one pytest-xdist worker.
+pytestmark = pytest.mark.xdist_group("mlserver")
+
 
 async def get(url: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
