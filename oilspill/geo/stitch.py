@@ -174,21 +174,30 @@ def finish_mask(draft: Path, out_path: Path, *, overview: Path | None, large_px:
 
 
 def write_cog(draft: Path, out_path: Path, part_path: Path | None = None) -> None:
-    """Copy a finished draft to out_path as the mask's COG (written whole, then renamed).
+    """Copy a finished draft to out_path as the mask's COG (written whole, then renamed):
+    add_cog_overviews, then copy_cog."""
+    add_cog_overviews(draft)
+    copy_cog(draft, out_path, part_path)
 
-    The draft gets its overviews first (nearest, the levels the COG driver would make),
-    so the driver only compresses, on every core. Measured on a 26,000 x 17,000 mask on
+
+def add_cog_overviews(draft: Path) -> None:
+    """Build a finished draft's overviews (nearest, the levels GDAL's COG driver would make),
+    so that copy_cog only compresses, on every core. Measured on a 26,000 x 17,000 mask on
     two cores: 0.6 s for the overviews and 1.5-1.9 s for the copy, against 3.3-4.1 s for
     the driver making them itself; peak memory 68 MiB against 101 (the driver's own
     overviews on several threads took 131). A lower DEFLATE level saves 0.3 s for twice
-    the bytes.
-    """
+    the bytes. Readers of the draft (the quick-look) then get the COG's overviews too."""
+    with rasterio.Env(**GDAL_OPTIONS), rasterio.open(draft, "r+") as dst:
+        if factors := cog_overview_factors(dst.width, dst.height):
+            dst.build_overviews(factors, Resampling.nearest)
+
+
+def copy_cog(draft: Path, out_path: Path, part_path: Path | None = None) -> None:
+    """Copy a draft to out_path as a COG (written whole, then renamed); GDAL's threads do
+    the work and Python's lock is released meanwhile."""
     part = part_path or partial_beside(out_path)
     try:
         with rasterio.Env(**GDAL_OPTIONS):
-            with rasterio.open(draft, "r+") as dst:
-                if factors := cog_overview_factors(dst.width, dst.height):
-                    dst.build_overviews(factors, Resampling.nearest)
             rasterio.shutil.copy(draft, part, driver="COG", COMPRESS="DEFLATE",
                                  BLOCKSIZE=COG_BLOCK_PX, OVERVIEW_RESAMPLING="NEAREST",
                                  NUM_THREADS="ALL_CPUS")
