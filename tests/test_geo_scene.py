@@ -481,3 +481,31 @@ def test_one_reader_serves_many_threads_at_once_and_after_it_is_closed(
         assert all(pool.map(read, windows * 3))
     reader.close()
     assert read(windows[-1])
+
+
+def test_a_scene_valid_only_off_the_sample_grid_is_surveyed_in_bounded_memory(
+        tmp_path: Path) -> None:
+    """A large scene (sampled every other pixel) whose sea lies only between the sampled
+    rows is surveyed again pixel by pixel, by strips sized for that work: strips sized
+    for sampling would hold a hundred MB and more of work arrays at once."""
+    height = width = 8200
+    assert sample_step(width, height) == 2  # offset 1: odd rows and columns are sampled
+    path = tmp_path / "striped.tif"
+    strip = np.zeros((512, width), np.uint16)
+    strip[::2] = 900  # even rows only: never sampled
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1,
+                       dtype="uint16", tiled=True, blockxsize=512, blockysize=512,
+                       compress="deflate") as dst:
+        for top in range(0, height, 512):
+            rows = min(512, height - top)
+            dst.write(strip[:rows], 1, window=Window(0, top, width, rows))
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    tracemalloc.start()
+    try:
+        survey = survey_scene(path, info)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert survey.sample_step == 1
+    assert survey.valid_pixels == survey.histogram.sum() == height // 2 * width
+    assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MiB traced"

@@ -315,11 +315,11 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
         overview_rows = sample_positions(0, info.height, overview[1])
         overview_cols = sample_positions(0, info.width, overview[0])
     with _open(path, info.driver) as src:
-        if strip_rows is None:
-            strip_rows = _strip_rows(info, step, extents_only, src.block_shapes[info.band - 1][0])
-        strips = _strip_buffer(strip_rows, info.width, info.dtype)
-        for top in range(0, info.height, strip_rows):
-            rows = min(strip_rows, info.height - top)
+        block_rows = src.block_shapes[info.band - 1][0]
+        strip = strip_rows or _strip_rows(info, step, extents_only, block_rows)
+        strips = _strip_buffer(strip, info.width, info.dtype)
+        for top in range(0, info.height, strip):
+            rows = min(strip, info.height - top)
             raw = _read(src, info, Window(0, top, info.width, rows), None, out=strips[:rows])
             strip_first, strip_last = _row_extents(raw, info.nodata)
             first[top:top + rows], last[top:top + rows] = strip_first, strip_last
@@ -364,6 +364,8 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
     if valid_pixels == 0:
         raise EmptyScene("the scene has no valid pixel: it is all border, nodata or NaN")
     if not histogram.any():  # valid pixels, but none on the sampled grid: take them all
+        # strip_rows as the caller gave it: strips sized for a sample would be far too
+        # big with every pixel's work arrays.
         return survey_scene(path, info, calibration, strip_rows, overview, step=1)
     return Survey(width=info.width, row_first=first, row_last=last, valid_pixels=valid_pixels,
                   db_kind=kind, histogram=histogram, sample_step=step, overview=picked)
