@@ -411,12 +411,17 @@ def finish_scene(ctx: SceneContext, paths: JobPaths, task: Task, units: list[Til
     # the same pixels and overviews) and places the slicks: 1.5-1.9 s and 0.8 s at once.
     with ThreadPoolExecutor(1, thread_name_prefix="oilspill-cog") as pool:
         copied = pool.submit(copy_cog, ctx.draft.path, cog, paths.mask_partial(cog_name))
-        render_quicklook(reader, ctx.draft.path, overlay, settings.overlay_max_px)
-        figures = scene_spills(ctx.draft.path, _georef(ctx.info), ctx.info.width,
-                               ctx.info.height, task.filename, reader, ctx.stretch, spills,
-                               overlay, slicks, max_slicks=settings.max_slicks,
-                               confidence=confidence)
-        copied.result()
+        try:
+            render_quicklook(reader, ctx.draft.path, overlay, settings.overlay_max_px)
+            figures = scene_spills(ctx.draft.path, _georef(ctx.info), ctx.info.width,
+                                   ctx.info.height, task.filename, reader, ctx.stretch,
+                                   spills, overlay, slicks, max_slicks=settings.max_slicks,
+                                   confidence=confidence)
+            copied.result()
+        except BaseException:
+            for path in (overlay, spills):  # no results beside a mask that failed
+                path.unlink(missing_ok=True)
+            raise
     if mask != cog:
         partial = paths.mask_partial(name)
         try:

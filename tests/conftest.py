@@ -19,6 +19,9 @@ from ml_stub.scenes import scene_png as make_scene_png
 from oilspill.config import Settings
 from oilspill.web.app import create_app
 
+# MLServer's fixture, registered once here: one server for the session's tests that use it
+# (imported into each test module, it would be a fixture of each, started twice).
+from .mlserver_env import mlserver_fixture  # noqa: F401
 from .procs import Stack, poll
 
 

@@ -150,7 +150,7 @@ def running_mlserver(workdir: Path) -> Iterator[MLServer]:
 @pytest.fixture(scope="session", name="mlserver")
 def mlserver_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServer]:
     """The fixture `mlserver`: a running MLServer serving the detector, shared by the
-    session's tests; its `model_url` is what ML_SERVICE_URL takes. A module uses it by
-    importing `mlserver_fixture` (conftest.py, for the whole suite)."""
+    session's tests; its `model_url` is what ML_SERVICE_URL takes. conftest.py imports it
+    once for the whole suite (a module importing it would get a server of its own)."""
     with running_mlserver(tmp_path_factory.mktemp("mlserver")) as server:
         yield server

@@ -40,7 +40,7 @@ from oilspill.web.app import create_app
 
 from .conftest import upload, wait_finished, zip_bytes
 from .georef import UTM_TRANSFORM, amplitude_u16, band, damp, sea, write_tif
-from .mlserver_env import MLServer, mlserver_fixture  # noqa: F401
+from .mlserver_env import MLServer
 from .procs import (
     Api,
     Process,
@@ -442,7 +442,7 @@ async def test_a_whole_job_over_oip_binary_has_the_segment_masks_and_batches(
     assert metric_values(text, "oilspill_ml_endpoint_requests_total")[model_url] < units
 
 
-@pytest.mark.xdist_group("mlserver")  # the session's one MLServer (tests/test_mlserver.py)
+@pytest.mark.xdist_group("mlserver")  # the worker that runs the session's one MLServer
 @pytest.mark.parametrize("declared", ["pngs", "pixels"])
 async def test_a_whole_job_through_mlserver_has_the_segment_masks(
         aiohttp_client: Any, settings: Settings, tmp_path: Path, start_stub: Any,

@@ -18,13 +18,12 @@ from PIL import Image
 from ml_stub.oip import MODEL_NAME
 
 from .conftest import StubFactory
-from .mlserver_env import (  # noqa: F401
+from .mlserver_env import (
     DEPLOY,
     MLSERVER_VERSION,
     PIXEL_TENSORS,
     PIXELS_MODEL,
     MLServer,
-    mlserver_fixture,
 )
 from .test_oip_stub import HEIGHT, WIDTH, pixels, segment_masks, slick_png
 

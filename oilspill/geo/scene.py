@@ -5,9 +5,10 @@ runs of varying length at each row's ends), and nodata is never sea. A row's val
 runs from its first to its last pixel that is neither 0, nodata nor NaN; inside it every
 pixel but nodata and NaN is valid, zeros included (a dark slick can be truly 0).
 
-Memory stays bounded whatever the scene's size: reads are by window (by strips of about
-STRIP_BYTES of work arrays when surveying), GDAL's block cache is capped (geo.GDAL_OPTIONS),
-and blocks over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
+Memory stays bounded whatever the scene's size: reads are by window (when surveying, by
+strips of at most STRIP_BYTES of raw values and masks, whose sample is worked on
+SAMPLE_WORK_BYTES at a time), GDAL's block cache is capped (geo.GDAL_OPTIONS), and blocks
+over MAX_BLOCK_BYTES are refused. Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ if TYPE_CHECKING:
 SUPPORTED_DTYPES = frozenset({"uint8", "uint16", "int16", "float32"})
 SCENE_DRIVERS = ("GTiff", "JP2OpenJPEG")  # tried in turn; never VRT & co, which open other files
 MAX_BLOCK_BYTES = 64 * 2**20  # GDAL decodes a whole block even to read one pixel of it
-STRIP_BYTES = 32 * 2**20  # work arrays of one survey strip
-_WORK_BYTES_PER_PIXEL = 40  # raw, masks, float32 values, calibration LUT, dB, bin indices
-_STRIP_BYTES_PER_PIXEL = 8  # raw and two masks, when the histogram's work is on a sample
+STRIP_BYTES = 32 * 2**20  # a survey strip's raw values and masks
+SAMPLE_WORK_BYTES = 16 * 2**20  # the work on its sample, a few sampled rows at a time
+_WORK_BYTES_PER_PIXEL = 40  # sampled raw, masks, float32 values, calibration LUT, dB, bins
+_MASK_BYTES_PER_PIXEL = 4  # a strip's masks when nodata or NaN must be looked for
 SAMPLE_PIXELS = 2**24  # pixels a survey's histogram takes at least (see sample_step)
 EDGE_PX = 512  # columns first looked at from each end of a row for its valid extent
 _SURVEY_FORMAT = 2
@@ -293,8 +295,20 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
                  step: int | None = None) -> Survey:
     """One pass over the scene by strips of rows: its valid extents, its dB histogram (of
     every step-th row and column: sample_step() by default) and, given the overview's
-    (width, height), the raw values the overview is made of."""
+    (width, height), the raw values the overview is made of. A scene with valid pixels
+    but none on the sampled grid is passed over again, every pixel taken."""
     step = sample_step(info.width, info.height) if step is None else step
+    survey = _survey(path, info, calibration, strip_rows, overview, step)
+    if survey is None:  # the first pass's strip buffer is gone with its frame
+        survey = _survey(path, info, calibration, strip_rows, overview, 1)
+    assert survey is not None  # every valid pixel is sampled at step 1
+    return survey
+
+
+def _survey(path: Path, info: SceneInfo, calibration: Calibration | None,
+            strip_rows: int | None, overview: tuple[int, int] | None, step: int
+            ) -> Survey | None:
+    """survey_scene's pass at one step; None when step > 1 sampled no valid pixel."""
     first = np.zeros(info.height, np.int32)
     last = np.full(info.height, -1, np.int32)
     histogram = np.zeros(scale.DB_BINS, np.int64)
@@ -309,6 +323,8 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
     extents_only = info.dtype != "float32" and info.nodata is None
     offset = step // 2  # the sampled rows and columns: offset, offset + step, ...
     sample_cols = np.arange(offset, info.width, step)
+    # The sample's work is done a few of its rows at a time, whatever the strip's size.
+    chunk = max(1, SAMPLE_WORK_BYTES // (_WORK_BYTES_PER_PIXEL * max(1, sample_cols.size)))
     picked: npt.NDArray[Any] | None = None
     if overview is not None:
         picked = np.zeros((overview[1], overview[0]), info.dtype)
@@ -316,7 +332,7 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
         overview_cols = sample_positions(0, info.width, overview[0])
     with _open(path, info.driver) as src:
         block_rows = src.block_shapes[info.band - 1][0]
-        strip = strip_rows or _strip_rows(info, step, extents_only, block_rows)
+        strip = strip_rows or _strip_rows(info, extents_only, block_rows)
         strips = _strip_buffer(strip, info.width, info.dtype)
         for top in range(0, info.height, strip):
             rows = min(strip, info.height - top)
@@ -338,24 +354,25 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
                     negative_seen = bool((inside & (raw < 0)).any())
                 del inside
             local = (offset - top) % step  # the strip's first sampled row
-            sample = raw[local::step, offset::step]
-            if sample.size == 0:
-                continue
-            usable = _usable(sample, info.nodata)
-            usable &= sample_cols[None, :] >= strip_first[local::step, None]
-            usable &= sample_cols[None, :] <= strip_last[local::step, None]
-            if raw_counts is not None:
-                # Integer DN: count each raw value; the dB bins are filled once at the end.
-                raw_counts += np.bincount(sample[usable].ravel(), minlength=raw_counts.size)
-                continue
-            values = sample[usable].astype(np.float32)
-            if calibration is not None:
-                sample_rows = np.arange(top + local, top + rows, step)
-                lut = calibration.sigma_nought_at(sample_rows, sample_cols)[usable]
-                values = _sigma0(values, lut)
-            histogram += scale.histogram_of(scale.to_db(values, kind))
-            if info.dtype == "float32":
-                as_db += scale.histogram_of(scale.to_db(values, DbKind.DB))
+            sampled = raw[local::step, offset::step]
+            strip_rows_sampled = np.arange(top + local, top + rows, step)
+            for at in range(0, sampled.shape[0] if sampled.size else 0, chunk):
+                sample = sampled[at:at + chunk]
+                sample_rows = strip_rows_sampled[at:at + chunk]
+                usable = _usable(sample, info.nodata)
+                usable &= sample_cols[None, :] >= first[sample_rows, None]
+                usable &= sample_cols[None, :] <= last[sample_rows, None]
+                if raw_counts is not None:
+                    # Integer DN: count each raw value; the dB bins are filled once at the end.
+                    raw_counts += np.bincount(sample[usable].ravel(), minlength=raw_counts.size)
+                    continue
+                values = sample[usable].astype(np.float32)
+                if calibration is not None:
+                    lut = calibration.sigma_nought_at(sample_rows, sample_cols)[usable]
+                    values = _sigma0(values, lut)
+                histogram += scale.histogram_of(scale.to_db(values, kind))
+                if info.dtype == "float32":
+                    as_db += scale.histogram_of(scale.to_db(values, DbKind.DB))
     if raw_counts is not None:
         raw_db = scale.to_db(np.arange(raw_counts.size, dtype=np.float32), kind)
         histogram = scale.histogram_of(raw_db, weights=raw_counts)
@@ -363,25 +380,18 @@ def survey_scene(path: Path, info: SceneInfo, calibration: Calibration | None = 
         kind, histogram = DbKind.DB, as_db
     if valid_pixels == 0:
         raise EmptyScene("the scene has no valid pixel: it is all border, nodata or NaN")
-    if not histogram.any():  # valid pixels, but none on the sampled grid: take them all
-        # strip_rows as the caller gave it: strips sized for a sample would be far too
-        # big with every pixel's work arrays.
-        return survey_scene(path, info, calibration, strip_rows, overview, step=1)
+    if not histogram.any() and step > 1:  # valid pixels, but none on the sampled grid
+        return None
     return Survey(width=info.width, row_first=first, row_last=last, valid_pixels=valid_pixels,
                   db_kind=kind, histogram=histogram, sample_step=step, overview=picked)
 
 
-def _strip_rows(info: SceneInfo, step: int, extents_only: bool, block_rows: int) -> int:
-    """Rows per survey strip: as many as STRIP_BYTES of work arrays hold, rounded down to
-    whole blocks of the file when that leaves one. GDAL then copies each block once:
-    reading a 26,000 x 17,000 uint16 scene tiled 512 x 512 by strips of 512 rows took
-    0.51 s, by strips of 160 rows 0.94 s."""
-    if step == 1:
-        per_pixel = _WORK_BYTES_PER_PIXEL
-    elif extents_only:  # the raw strip alone: masks are made on its sample
-        per_pixel = np.dtype(info.dtype).itemsize
-    else:
-        per_pixel = _STRIP_BYTES_PER_PIXEL
+def _strip_rows(info: SceneInfo, extents_only: bool, block_rows: int) -> int:
+    """Rows per survey strip: as many as STRIP_BYTES of the strip's raw values and masks
+    hold, rounded down to whole blocks of the file when that leaves one. GDAL then copies
+    each block once: reading a 26,000 x 17,000 uint16 scene tiled 512 x 512 by strips of
+    512 rows took 0.51 s, by strips of 160 rows 0.94 s."""
+    per_pixel = np.dtype(info.dtype).itemsize + (0 if extents_only else _MASK_BYTES_PER_PIXEL)
     rows = max(1, STRIP_BYTES // (per_pixel * info.width))
     return rows // block_rows * block_rows if rows >= block_rows else rows
 
