@@ -55,6 +55,18 @@ def write_scene(path: Path, data: np.ndarray, **profile: Any) -> Path:
     return path
 
 
+def traced_survey(path: Path) -> tuple[Survey, int]:
+    """A scene's survey and the peak of the memory Python traced meanwhile (numpy's arrays
+    included; the strip buffer, a memory mapping, is not)."""
+    info = inspect_scene(path, band=1, max_pixels=BIG)
+    tracemalloc.start()
+    try:
+        survey = survey_scene(path, info)
+        return survey, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def sea(rng: np.random.Generator, shape: tuple[int, int] = (H, W)) -> np.ndarray:
     """Speckled uint16 sea, never 0."""
     return np.clip(rng.gamma(4.0, 60.0, shape), 1, 65535).astype(np.uint16)
@@ -295,13 +307,7 @@ def test_survey_memory_is_bounded_by_strips(tmp_path: Path) -> None:
         for top in range(0, side, 500):
             strip = rng.integers(1, 3000, (500, side), np.uint16)
             dst.write(strip, 1, window=Window(0, top, side, 500))
-    info = inspect_scene(path, band=1, max_pixels=BIG)
-    tracemalloc.start()
-    try:
-        survey = survey_scene(path, info)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    survey, peak = traced_survey(path)
     assert survey.valid_pixels == side * side
     assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"
 
@@ -499,13 +505,7 @@ def test_a_scene_valid_only_off_the_sample_grid_is_surveyed_in_bounded_memory(
         for top in range(0, height, 512):
             rows = min(512, height - top)
             dst.write(strip[:rows], 1, window=Window(0, top, width, rows))
-    info = inspect_scene(path, band=1, max_pixels=BIG)
-    tracemalloc.start()
-    try:
-        survey = survey_scene(path, info)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    survey, peak = traced_survey(path)
     assert survey.sample_step == 1
     assert survey.valid_pixels == survey.histogram.sum() == height // 2 * width
     assert peak < 48 * 2**20, f"{peak / 2**20:.0f} MiB traced"
