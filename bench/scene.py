@@ -447,6 +447,8 @@ async def measure(args: argparse.Namespace, scene: Path, scene_bytes: int) -> di
                                                 stack, deadline, args.poll_s)
                 cpu_after, stub_cpu_after = cpu_s(pid), cpu_s(stub_pid)
                 end = proc_status(pid)
+                async with session.get(f"{stack.base}/healthz") as resp:
+                    endpoint = (await resp.json())["ml_endpoints"][0]
             lines = list(stack.server.lines)
         finally:
             if profiler is not None:
@@ -481,6 +483,11 @@ async def measure(args: argparse.Namespace, scene: Path, scene_bytes: int) -> di
                 "server_s_after_upload": cpu_after - cpu_accepted,
                 "stub_s": stub_cpu_after - stub_cpu_before,
                 "stub_ms_per_tile": (stub_cpu_after - stub_cpu_before) / units * 1000},
+        # The ML calls as the server timed them (the warm-up scene's two included): over
+        # the stub's latency is sending the tile, the answer's way back and the event loop.
+        "ml_calls": {"calls": endpoint["calls"],
+                     "mean_latency_ms": endpoint["mean_latency_ms"],
+                     "stub_latency_ms": args.latency_ms},
         "stages": phase, "samples": len(samples), "server_log": str(log_path),
         "server_settings": settings,
     }
@@ -515,6 +522,9 @@ def summary(results: dict[str, Any]) -> str:
         f"{st['survey']['max_sampled_rss_mib']:.0f}, tiles "
         f"{st['tiles']['max_sampled_rss_mib']:.0f}, stitch "
         f"{st['stitch']['max_sampled_rss_mib']:.0f} MiB",
+        f"ML calls as the server timed them: {r['ml_calls']['calls']}, mean "
+        f"{r['ml_calls']['mean_latency_ms']:.1f} ms for the stub's "
+        f"{r['ml_calls']['stub_latency_ms']:g} ms",
         f"server CPU: {c['server_s']:.1f} s = {c['server_ms_per_tile']:.1f} ms per unit "
         f"(upload included; {c['server_s_after_upload']:.1f} s after it); stub "
         f"{c['stub_ms_per_tile']:.1f} ms per unit; {results['cpus']} cores, load before "

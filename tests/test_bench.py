@@ -42,5 +42,8 @@ def test_bench_scene_runs_a_tiny_scene_and_writes_its_numbers(tmp_path):
     assert memory["vmhwm_mib"] >= memory["idle_vmrss_mib"] > 0
     assert set(run["stages"]) >= {"survey", "tiles", "stitch"}
     assert run["cpu"]["server_ms_per_tile"] > 0
+    # Every unit sent (a tile of border only is not), each taking at least the latency.
+    calls = run["ml_calls"]
+    assert 13 <= calls["calls"] <= 13 + 2 and calls["mean_latency_ms"] >= 20
     assert not list(out.glob("*.tif"))  # the scene is removed without --keep
     assert "job wall time" in proc.stdout
