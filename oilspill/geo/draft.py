@@ -179,11 +179,17 @@ class Draft:
             self._traces = [f for f in self._traces if not f.done() or f.exception()]
             self._traces.append(self._background.submit(self.trace_final))
 
+    def _take_thread(self) -> tuple[ThreadPoolExecutor | None, list[Future[None]]]:
+        """The draft's thread and what it was given, taken from the draft (a later band
+        starts a new thread, unless the draft is stopped)."""
+        with self._lock:
+            taken = self._background, self._traces
+            self._background, self._traces = None, []
+        return taken
+
     def _drain(self) -> None:
         """Wait for the bands handed to the draft's thread; raise what tracing one raised."""
-        with self._lock:
-            background, traces = self._background, self._traces
-            self._background, self._traces = None, []
+        background, traces = self._take_thread()
         if background is not None:
             background.shutdown(wait=True)
         for trace in traces:
@@ -202,8 +208,7 @@ class Draft:
         is done. Returns at once."""
         with self._lock:
             self._stopped = True
-            background, self._background = self._background, None
-            traces, self._traces = self._traces, []
+        background, traces = self._take_thread()
         if background is not None:
             background.shutdown(wait=False, cancel_futures=True)
         running = [trace for trace in traces if not trace.done()]

@@ -355,10 +355,10 @@ def _survey(path: Path, info: SceneInfo, calibration: Calibration | None,
                 del inside
             local = (offset - top) % step  # the strip's first sampled row
             sampled = raw[local::step, offset::step]
-            strip_rows_sampled = np.arange(top + local, top + rows, step)
+            sampled_rows = np.arange(top + local, top + rows, step)  # scene rows
             for at in range(0, sampled.shape[0] if sampled.size else 0, chunk):
                 sample = sampled[at:at + chunk]
-                sample_rows = strip_rows_sampled[at:at + chunk]
+                sample_rows = sampled_rows[at:at + chunk]
                 usable = _usable(sample, info.nodata)
                 usable &= sample_cols[None, :] >= first[sample_rows, None]
                 usable &= sample_cols[None, :] <= last[sample_rows, None]
